@@ -1,0 +1,26 @@
+"""Errors a user can act on.
+
+Every exception raised at a boundary (a study file, a dataset folder, a store URI, a model name)
+is a :class:`CxrStudyError` whose message names what was wrong, where, and what to do. The CLI
+prints such an error on one line and exits non-zero, without a traceback.
+"""
+
+
+class CxrStudyError(Exception):
+    """Base class: the message is complete and meant for the user."""
+
+
+class StudyFileError(CxrStudyError):
+    """A study file is missing, not YAML, or has a wrong field."""
+
+
+class DatasetError(CxrStudyError):
+    """A dataset folder or bucket is not in the NIH ChestX-ray14 layout, or a file in it is bad."""
+
+
+class StoreError(CxrStudyError):
+    """The object store cannot be reached, or a key is missing."""
+
+
+class ConfigError(CxrStudyError):
+    """A setting names something that does not exist (an architecture, a loss, an optimizer)."""

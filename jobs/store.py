@@ -1,0 +1,235 @@
+"""The object store: the source of truth for datasets, runs and reports.
+
+One small interface, two backends:
+
+- :class:`LocalStore` over a directory (the embedded default, and a dataset folder on disk);
+- :class:`S3Store` over ``s3://bucket/prefix`` through boto3. Endpoint, region and credentials come
+  from the standard AWS variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for a non-AWS
+  server, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID`` ...); a custom endpoint switches to path-style
+  addressing, which MinIO, SeaweedFS and Ceph expect.
+
+Keys are ``/``-separated and relative to the store's root. Reads can stream (:meth:`Store.open`);
+writes are whole objects: a local write goes to a temporary file that is renamed into place, and an
+S3 PUT is atomic, so a reader never sees a partial object under its final key.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from jobs.errors import StoreError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Store:
+    """What every backend provides. ``uri`` names the root, e.g. ``s3://bucket/prefix``."""
+
+    uri: str
+
+    def url(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+    def exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def open(self, key: str) -> BinaryIO:
+        """A readable binary stream over the object (not loaded into memory first)."""
+        raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open(key) as fh:
+            return fh.read()
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        raise NotImplementedError
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, recursively, in key order."""
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def get_text(self, key: str) -> str:
+        return self.get_bytes(key).decode("utf-8")
+
+    def put_text(self, key: str, text: str) -> None:
+        self.put_bytes(key, text.encode("utf-8"))
+
+
+class LocalStore(Store):
+    """A directory. Writes go to a temporary file in the same folder, then ``os.replace``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb")
+        except FileNotFoundError:
+            raise StoreError(f"{self.url(key)} does not exist") from None
+
+    def _write(self, key: str, writer) -> None:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                writer(fh)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._write(key, lambda fh: fh.write(data))
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        def copy(fh):
+            with open(path, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    fh.write(chunk)
+
+        self._write(key, copy)
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self.root / prefix.rpartition("/")[0]
+        if not base.is_dir():
+            return
+        found = []
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.endswith(".partial"):
+                    continue
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                if key.startswith(prefix):
+                    found.append(ObjectInfo(key, os.path.getsize(full)))
+        yield from sorted(found, key=lambda o: o.key)
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+
+def s3_client():
+    """A boto3 S3 client from the standard AWS variables; path-style when a custom endpoint is set."""
+    import boto3
+    from botocore.config import Config
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    config = Config(
+        s3={"addressing_style": "path" if endpoint else "auto"},
+        retries={"max_attempts": 5, "mode": "standard"},
+        connect_timeout=10,
+        read_timeout=120,
+    )
+    return boto3.client("s3", endpoint_url=endpoint or None, config=config)
+
+
+class S3Store(Store):
+    """``s3://bucket/prefix`` through boto3."""
+
+    def __init__(self, uri: str, client=None):
+        rest = uri[len("s3://") :]
+        self.bucket, _, prefix = rest.partition("/")
+        if not self.bucket:
+            raise StoreError(f"{uri}: an S3 store needs a bucket: s3://BUCKET[/PREFIX]")
+        self.prefix = prefix.strip("/")
+        self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
+        self.client = client or s3_client()
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+        try:
+            return fn(*args, **kwargs)
+        except NoCredentialsError:
+            raise StoreError(
+                f"{what} {self.url(key)}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                "(or AWS_PROFILE / a workload identity)"
+            ) from None
+        except EndpointConnectionError as exc:
+            raise StoreError(
+                f"{what} {self.url(key)}: cannot reach the S3 endpoint {exc.kwargs.get('endpoint_url')}; "
+                "check AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL) and that the server is up"
+            ) from None
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise StoreError(f"{self.url(key)} does not exist") from None
+            if code == "NoSuchBucket":
+                raise StoreError(f"{what} {self.url(key)}: bucket '{self.bucket}' does not exist; create it first") from None
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"):
+                raise StoreError(
+                    f"{what} {self.url(key)}: S3 refused the credentials ({code}); check AWS_ACCESS_KEY_ID, "
+                    "AWS_SECRET_ACCESS_KEY and the bucket policy"
+                ) from None
+            raise StoreError(f"{what} {self.url(key)}: S3 error {code}: {exc}") from None
+        except BotoCoreError as exc:
+            raise StoreError(f"{what} {self.url(key)}: {exc}") from None
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call("HEAD", key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+            return True
+        except StoreError as exc:
+            if str(exc).endswith("does not exist"):
+                return False
+            raise
+
+    def open(self, key: str) -> BinaryIO:
+        resp = self._call("GET", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return resp["Body"]  # a StreamingBody: read() in chunks, never buffered whole
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self._call("PUT", key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data)
+
+    def put_file(self, key: str, path: str | os.PathLike) -> None:
+        # upload_file switches to multipart for large files; the object appears only on completion.
+        self._call("PUT", key, self.client.upload_file, str(path), self.bucket, self._key(key))
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        pages = self._call("LIST", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(obj["Key"][strip:], obj["Size"])
+
+    def delete(self, key: str) -> None:
+        self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+
+def open_store(uri: str | os.PathLike) -> Store:
+    """``s3://bucket/prefix`` or a local directory path (``file://`` allowed)."""
+    text = str(uri)
+    if text.startswith("s3://"):
+        return S3Store(text)
+    if "://" in text and not text.startswith("file://"):
+        raise StoreError(f"{text}: unsupported store; use s3://BUCKET/PREFIX or a local directory")
+    return LocalStore(text.removeprefix("file://"))
+
