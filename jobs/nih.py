@@ -152,9 +152,7 @@ def read_nih(
     if log:
         log(f"dataset: {len(present):,} images found under {store.uri}")
 
-    val_patients = carve_validation(
-        np.array([metadata[n][0] for n in lists["train_val"]]), val_fraction, split_seed
-    )
+    val_patients = carve_validation(np.array([metadata[n][0] for n in lists["train_val"]]), val_fraction, split_seed)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     missing = {"train_val": 0, "test": 0}
     for list_name, names in lists.items():

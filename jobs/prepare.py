@@ -20,13 +20,15 @@ import os
 import re
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
 
 from jobs.clahe import decode_gray, preprocess
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, CxrStudyError
 from jobs.labels import CLASSES
 from jobs.nih import SPLITS, NihDataset, Record, read_nih
 from jobs.shards import ENCODINGS, build_shard, encode_pixels
@@ -68,7 +70,9 @@ class PrepConfig:
 
 
 def prep_hash(dataset: NihDataset, config: PrepConfig) -> str:
-    blob = json.dumps({"config": asdict(config), "dataset": dataset.fingerprint, "format": MANIFEST_FORMAT}, sort_keys=True)
+    blob = json.dumps(
+        {"config": asdict(config), "dataset": dataset.fingerprint, "format": MANIFEST_FORMAT}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -94,12 +98,21 @@ def _process(record: Record) -> bytes:
 
 
 def _map(dataset_uri: str, config: PrepConfig, records: list[Record], workers: int):
+    """Processed images in ``records`` order, from ``workers`` processes (or in-process for 1)."""
     if workers <= 1:
         _init_worker(dataset_uri, config)
         yield from map(_process, records)
         return
-    with mp.get_context("spawn").Pool(workers, _init_worker, (dataset_uri, config)) as pool:
-        yield from pool.imap(_process, records, chunksize=8)
+    # An executor, not multiprocessing.Pool: a worker that dies breaks the map instead of hanging it.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(dataset_uri, config)) as ex:
+        try:
+            yield from ex.map(_process, records, chunksize=8)
+        except BrokenProcessPool:
+            raise CxrStudyError(
+                "prepare: a worker process died (out of memory, or a script without an "
+                "`if __name__ == '__main__':` guard calling prepare); retry with --workers 1 to see why"
+            ) from None
 
 
 class _Progress:
@@ -148,8 +161,10 @@ def run(
 
     workers = workers or os.cpu_count() or 1
     total = sum(len(v) for v in dataset.splits.values())
-    log(f"prepare: {total:,} images -> {store.url(prefix)} ({workers} processes, {config.image_size}px, "
-        f"CLAHE clip {config.clip_limit} grid {config.tile_grid})")  # fmt: skip
+    log(
+        f"prepare: {total:,} images -> {store.url(prefix)} ({workers} processes, {config.image_size}px, "
+        f"CLAHE clip {config.clip_limit} grid {config.tile_grid})"
+    )
     progress = _Progress(total, log)
     ordered = [(split, r) for split in SPLITS for r in dataset.splits[split]]
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}

@@ -79,9 +79,12 @@ def read_shard(stream: BinaryIO, encoding: str, where: str) -> Iterator[Sample]:
                 if encoding in fields and "json" in fields:
                     del pending[stem]
                     meta = json.loads(fields["json"])
-                    yield Sample(meta["image"], meta["patient"], tuple(meta["labels"]),
-                                 decode_pixels(fields[encoding], encoding))  # fmt: skip
+                    yield Sample(
+                        meta["image"], meta["patient"], tuple(meta["labels"]), decode_pixels(fields[encoding], encoding)
+                    )
     except tarfile.TarError as exc:
-        raise DatasetError(f"{where}: damaged shard ({exc}); delete the dataset's prep folder and re-run prepare") from None
+        raise DatasetError(
+            f"{where}: damaged shard ({exc}); delete the dataset's prep folder and re-run prepare"
+        ) from None
     if pending:
         raise DatasetError(f"{where}: {len(pending)} incomplete sample(s), e.g. {next(iter(pending))}")

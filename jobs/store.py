@@ -181,7 +181,9 @@ class S3Store(Store):
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise StoreError(f"{self.url(key)} does not exist") from None
             if code == "NoSuchBucket":
-                raise StoreError(f"{what} {self.url(key)}: bucket '{self.bucket}' does not exist; create it first") from None
+                raise StoreError(
+                    f"{what} {self.url(key)}: bucket '{self.bucket}' does not exist; create it first"
+                ) from None
             if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"):
                 raise StoreError(
                     f"{what} {self.url(key)}: S3 refused the credentials ({code}); check AWS_ACCESS_KEY_ID, "
@@ -232,4 +234,3 @@ def open_store(uri: str | os.PathLike) -> Store:
     if "://" in text and not text.startswith("file://"):
         raise StoreError(f"{text}: unsupported store; use s3://BUCKET/PREFIX or a local directory")
     return LocalStore(text.removeprefix("file://"))
-

@@ -59,9 +59,21 @@ METADATA_HEADER = [
     "y]",
 ]
 SHAPES = (
-    "disk", "ring", "square", "frame", "cross", "saltire", "hbar",
-    "vbar", "hgrating", "vgrating", "checker", "twin", "triangle", "diamond",
-)  # fmt: skip
+    "disk",
+    "ring",
+    "square",
+    "frame",
+    "cross",
+    "saltire",
+    "hbar",
+    "vbar",
+    "hgrating",
+    "vgrating",
+    "checker",
+    "twin",
+    "triangle",
+    "diamond",
+)
 
 
 def _shape_mask(shape: str, p: int) -> np.ndarray:
@@ -76,8 +88,7 @@ def _shape_mask(shape: str, p: int) -> np.ndarray:
         "disk": r <= half * 0.8,
         "ring": (r <= half * 0.9) & (r >= half * 0.9 - w),
         "square": (abs(dx) <= half * 0.7) & (abs(dy) <= half * 0.7),
-        "frame": (np.maximum(abs(dx), abs(dy)) <= half * 0.85)
-        & (np.maximum(abs(dx), abs(dy)) >= half * 0.85 - w),
+        "frame": (np.maximum(abs(dx), abs(dy)) <= half * 0.85) & (np.maximum(abs(dx), abs(dy)) >= half * 0.85 - w),
         "cross": (abs(dx) <= w / 2) | (abs(dy) <= w / 2),
         "saltire": (abs(dx - dy) <= w * 0.7) | (abs(dx + dy) <= w * 0.7),
         "hbar": (abs(dy) <= w * 0.75) & (abs(dx) <= half),
@@ -196,9 +207,20 @@ def make_synthetic(
         writer.writerow(METADATA_HEADER)
         for i, name in enumerate(names):
             writer.writerow(
-                [name, decode_findings(labels[i]), follow_up[i], patient_of[i], int(rng.integers(18, 90)),
-                 "MF"[int(rng.integers(2))], ["PA", "AP"][int(rng.random() < 0.4)], size, size, 0.143, 0.143]
-            )  # fmt: skip
+                [
+                    name,
+                    decode_findings(labels[i]),
+                    follow_up[i],
+                    patient_of[i],
+                    int(rng.integers(18, 90)),
+                    "MF"[int(rng.integers(2))],
+                    ["PA", "AP"][int(rng.random() < 0.4)],
+                    size,
+                    size,
+                    0.143,
+                    0.143,
+                ]
+            )
     for fname, mask in (("train_val_list.txt", ~in_test), ("test_list.txt", in_test)):
         (out / fname).write_text("\n".join(n for n, m in zip(names, mask) if m) + "\n")
 
