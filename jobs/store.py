@@ -143,7 +143,8 @@ def s3_client():
         connect_timeout=10,
         read_timeout=120,
     )
-    return boto3.client("s3", endpoint_url=endpoint or None, config=config)
+    # A session per client: the default session caches credentials and is not thread-safe.
+    return boto3.session.Session().client("s3", endpoint_url=endpoint or None, config=config)
 
 
 class S3Store(Store):
