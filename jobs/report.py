@@ -44,7 +44,11 @@ def markdown_table(headers: list[str], rows: list[list[str]], centered: set[int]
             out.append(f" {c.center(widths[i] - 1) if i in centered else c.ljust(widths[i] - 1)} ")
         return "|" + "|".join(out) + "|"
 
-    rule = "|" + "|".join((":" + "-" * w + ":") if i in centered else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    rule = (
+        "|"
+        + "|".join(":" + "-" * (w - 1) + ":" if i in centered else "-" * (w + 1) for i, w in enumerate(widths))
+        + "|"
+    )
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 

@@ -34,7 +34,7 @@ def synthetic(tmp_path_factory) -> Path:
     return make_synthetic(tmp_path_factory.mktemp("synthetic") / "nih", images=400, size=64, seed=7)
 
 
-TINY_PREP = PrepConfig(image_size=32, shard_size=64)
+TINY_PREP = PrepConfig(image_size=48, shard_size=64)
 
 
 @pytest.fixture(scope="session")

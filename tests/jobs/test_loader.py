@@ -16,7 +16,7 @@ def _stream(store, m, split="train", **kw):
 def _epoch(stream, batch_size=16):
     names, pixels = [], []
     for images, labels, batch_names in make_loader(stream, batch_size):
-        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 32, 32) and labels.shape[1] == 14
+        assert images.dtype == torch.uint8 and images.shape[1:] == (1, 48, 48) and labels.shape[1] == 14
         names.extend(batch_names)
         pixels.append(images)
     return names, torch.cat(pixels)
@@ -50,6 +50,6 @@ def test_augment_changes_pixels_reproducibly():
 
 def test_streams_shards_from_s3(synthetic, s3_env):
     store = open_store("s3://cxrstudy-test/loader")
-    m = prepare.run(str(synthetic), store, PrepConfig(image_size=32, shard_size=64), workers=1, log=lambda s: None)
+    m = prepare.run(str(synthetic), store, PrepConfig(image_size=48, shard_size=64), workers=1, log=lambda s: None)
     names, _ = _epoch(_stream(store, m, seed=0, shuffle=True))
     assert len(names) == m["splits"]["train"]["images"]

@@ -1,6 +1,7 @@
 import json
 import shutil
 import tarfile
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -12,6 +13,7 @@ from jobs.errors import DatasetError
 from jobs.prepare import PrepConfig
 from jobs.shards import read_shard
 from jobs.store import LocalStore
+from tests.conftest import TINY_PREP
 
 quiet = dict(log=lambda m: None)
 
@@ -59,7 +61,7 @@ def test_manifest_counts_and_webdataset_member_names(prepared):
     store, m = prepared
     assert m["prefix"].startswith("datasets/nih/") and m["prep_hash"] == m["prefix"].rsplit("/", 1)[1]
     total = 0
-    for split, info in m["splits"].items():
+    for info in m["splits"].values():
         total += info["images"]
         assert sum(s["count"] for s in info["shards"]) == info["images"]
         assert set(info["prevalence"]) == set(m["classes"])
@@ -75,18 +77,16 @@ def test_same_inputs_skip_and_a_new_config_gets_a_new_hash(synthetic, prepared):
     store, m = prepared
     shard = store.path(f"{m['prefix']}/shards/train-000000.tar")
     before = shard.stat().st_mtime_ns
-    again = prepare.run(str(synthetic), store, PrepConfig(image_size=32, shard_size=64), workers=1, **quiet)
+    again = prepare.run(str(synthetic), store, TINY_PREP, workers=1, **quiet)
     assert again["prefix"] == m["prefix"] and shard.stat().st_mtime_ns == before
-    other = prepare.run(
-        str(synthetic), store, PrepConfig(image_size=32, shard_size=64, clip_limit=3.0), workers=1, **quiet
-    )
+    other = prepare.run(str(synthetic), store, replace(TINY_PREP, clip_limit=3.0), workers=1, **quiet)
     assert other["prefix"] != m["prefix"]
 
 
 def test_parallel_prepare_is_byte_identical(synthetic, tmp_path):
     a, b = LocalStore(tmp_path / "a"), LocalStore(tmp_path / "b")
     ma = prepare.run(str(synthetic), a, PrepConfig(image_size=32, shard_size=100), workers=1, **quiet)
-    mb = prepare.run(str(synthetic), b, PrepConfig(image_size=32, shard_size=100), workers=2, **quiet)
+    prepare.run(str(synthetic), b, PrepConfig(image_size=32, shard_size=100), workers=2, **quiet)
     for split in ("train", "val", "test"):
         for shard in ma["splits"][split]["shards"]:
             key = f"{ma['prefix']}/shards/{shard['name']}"
