@@ -12,6 +12,9 @@ import numpy as np
 
 from jobs.errors import DatasetError
 
+# OpenCV prints its own warning for a truncated PNG; our error says which file and what to do.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 
 def decode_gray(data: bytes, where: str) -> np.ndarray:
     """Decode a PNG (grayscale, RGB or RGBA; 8 or 16 bit) to an 8-bit grayscale array."""

