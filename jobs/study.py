@@ -39,6 +39,7 @@ from jobs.prepare import PrepConfig
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
 MONITORS = ("val_auroc", "val_loss")
+HEAD_INITS = ("prior", "default")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ class TrainConfig:
         in_chans: 1 (grayscale) or 3 (replicated, for weights that expect RGB).
         drop_rate: dropout before the classifier.
         drop_path: stochastic depth rate.
+        head_init: prior (classifier weights zero, bias at the log-odds of each class's training
+            prevalence) or default (timm's initialisation).
         bn_recalibrate: batches used to re-estimate BatchNorm statistics before each evaluation (0: off).
         augment: training-time augmentation.
         num_workers: DataLoader worker processes.
@@ -94,6 +97,7 @@ class TrainConfig:
     in_chans: int = 1
     drop_rate: float = 0.0
     drop_path: float = 0.0
+    head_init: str = "prior"
     bn_recalibrate: int = 0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     num_workers: int = 0
@@ -123,6 +127,7 @@ class TrainConfig:
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("monitor", self.monitor, MONITORS)
+        _one_of("head_init", self.head_init, HEAD_INITS)
         _one_of("loss.name", self.loss.name, tuple(LOSSES))
         try:
             create_loss(self.loss.name, **self.loss.args)

@@ -111,6 +111,7 @@ class Trainer:
             drop_rate=cfg.drop_rate,
             drop_path_rate=cfg.drop_path,
             store=store,
+            head_prior=self.train_prevalence() if cfg.head_init == "prior" else None,
         ).to(device)
         if self.cuda and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -123,6 +124,10 @@ class Trainer:
         self.state = {"epoch": 0, "best_score": None, "best_epoch": -1, "bad_epochs": 0}
 
     # --- data ---------------------------------------------------------------------------------
+    def train_prevalence(self) -> list[float]:
+        prevalence = self.manifest["splits"]["train"]["prevalence"]
+        return [prevalence[c] for c in CLASSES]
+
     def loader(self, split: str, epoch: int = 0, train: bool = False):
         m = self.manifest
         stream = ShardStream(

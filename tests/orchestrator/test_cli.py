@@ -107,3 +107,29 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
     again = cxrstudy("run", study, "--store", store)
     assert again.returncode == 0 and again.stdout.count("result.json exists; skipped") == 3
     assert "is up to date (same dataset and config); skipped" in again.stdout
+
+
+@pytest.mark.slow
+def test_demo_learns_on_the_cpu(tmp_path):
+    """The README's first command: both architectures learn from scratch on the synthetic data."""
+    proc = cxrstudy("demo", "--out", tmp_path / "demo")
+    assert proc.returncode == 0, proc.stderr
+    report = (tmp_path / "demo" / "report" / "report.md").read_text()
+    assert f"report at {tmp_path / 'demo' / 'report' / 'report.md'}" in proc.stdout + proc.stderr
+    assert "# Cross-Architecture Comparison" in proc.stdout
+    tables = sections(report)
+    floors = {"DenseNet-121": 0.80, "EfficientNet-B2": 0.70}
+    for arch, floor in floors.items():
+        title = f"{arch} (CLAHE) with Focal Loss — Random Seed Impact"
+        assert {name for (t, name) in tables if t == title} == {
+            "Overall Metrics Comparison (per seed)",
+            "Per-Class AUROC Comparison (per seed)",
+            "Best Seed per Class",
+        }
+        overall = tables[(title, "Overall Metrics Comparison (per seed)")]
+        assert [row[0] for row in overall[1:]] == ["12", "22"]
+        for seed, _loss, avg_auroc, _f1 in overall[1:]:
+            assert float(avg_auroc) >= floor, f"{arch} seed {seed}: test Avg AUROC {avg_auroc} < {floor}"
+        per_class = tables[(title, "Per-Class AUROC Comparison (per seed)")]
+        assert len(per_class) == 1 + 14
+    assert report.count("## Summary") == 2
