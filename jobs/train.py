@@ -45,6 +45,10 @@ from jobs.prepare import load_manifest
 from jobs.store import Store, open_store
 from jobs.study import JobSpec, TrainConfig
 
+# Called after every training step with the run's position; returns None to go on, "checkpoint" to
+# save last.pt here and stop (SIGTERM, cancel), or "abandon" to stop without writing (lease lost).
+StepHook = Callable[[dict], "str | None"]
+
 
 def seed_everything(seed: int, epoch: int) -> None:
     """Seed torch, numpy and random from ``(seed, epoch)``: epoch -1 is model initialisation."""
@@ -121,7 +125,16 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, cfg, self.steps_per_epoch)
         )
-        self.state = {"epoch": 0, "best_score": None, "best_epoch": -1, "bad_epochs": 0}
+        # epoch: epochs finished; step/partial_*: progress inside the unfinished epoch (interrupted runs).
+        self.state = {
+            "epoch": 0,
+            "best_score": None,
+            "best_epoch": -1,
+            "bad_epochs": 0,
+            "step": 0,
+            "partial_loss": 0.0,
+            "partial_count": 0,
+        }
 
     # --- data ---------------------------------------------------------------------------------
     def train_prevalence(self) -> list[float]:
@@ -152,10 +165,20 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp)
 
     # --- one epoch ------------------------------------------------------------------------------
-    def train_epoch(self, epoch: int) -> float:
+    def train_epoch(self, epoch: int, on_step: StepHook | None = None) -> float | None:
+        """Train one epoch; the mean training loss, or None when ``on_step`` asked to stop.
+
+        An epoch interrupted by a stop request (SIGTERM, cancel) is checkpointed with its position:
+        the resumed run skips the batches already trained (the stream is a function of the seed and
+        epoch, the global RNGs come from the checkpoint), so it continues the same run.
+        """
         self.model.train()
-        total, count, start, last_log = 0.0, 0, time.monotonic(), time.monotonic()
+        done = self.state["step"]
+        total, count = self.state["partial_loss"], self.state["partial_count"]
+        start, last_log = time.monotonic(), time.monotonic()
         for step, (images, labels, _) in enumerate(self.loader("train", epoch, train=True), start=1):
+            if step <= done:
+                continue  # trained before the interruption
             with self.autocast():
                 logits = self.model(self.inputs(images))
             loss = self.loss_fn(logits, labels.to(self.device))  # float32 inside the loss
@@ -164,17 +187,38 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             total, count = total + loss.item() * len(images), count + len(images)
+            self.state.update(step=step, partial_loss=total, partial_count=count)
             if time.monotonic() - last_log > 30:
                 last_log = time.monotonic()
                 self.log(
                     f"{self.job.job_id}: epoch {epoch + 1}/{self.cfg.epochs} step {step}/{self.steps_per_epoch} "
                     f"loss {total / count:.4f} ({count / (last_log - start):.1f} img/s)"
                 )
+            if on_step:
+                directive = on_step(
+                    {
+                        "epoch": epoch + 1,
+                        "epochs": self.cfg.epochs,
+                        "step": step,
+                        "steps": self.steps_per_epoch,
+                        "train_loss": round(total / count, 6),
+                    }
+                )
+                if directive == "abandon":
+                    return None
+                if directive == "checkpoint":
+                    self.save_last()
+                    self.log(
+                        f"{self.job.job_id}: stop requested; checkpoint saved at epoch {epoch + 1} "
+                        f"step {step}/{self.steps_per_epoch}"
+                    )
+                    return None
         if count == 0:
             raise CxrStudyError(
                 f"{self.job.job_id}: the train split has fewer images than one batch "
                 f"({self.cfg.batch_size}); lower training.batch_size"
             )
+        self.state.update(step=0, partial_loss=0.0, partial_count=0)
         return total / count
 
     @torch.no_grad()
@@ -249,7 +293,7 @@ class Trainer:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.state = {k: ckpt[k] for k in self.state}
+        self.state.update({k: ckpt[k] for k in self.state if k in ckpt})
         torch.set_rng_state(ckpt["rng"]["torch"])
         random.setstate(ckpt["rng"]["python"])
         kind, keys, *rest = ckpt["rng"]["numpy"]
@@ -296,9 +340,10 @@ def run(
     device: torch.device | None = None,
     log: Callable[[str], None] = print,
     on_epoch: Callable[[dict], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    on_step: StepHook | None = None,
 ) -> dict | None:
-    """Train, validate and test one run; returns ``result.json``'s content (None if stopped early)."""
+    """Train, validate and test one run; returns ``result.json``'s content, or None when ``on_step``
+    stopped it (the checkpoint then holds the position; a re-run continues from there)."""
     result_key = f"{job.prefix}/result.json"
     if store.exists(result_key):
         log(f"{job.job_id}: result.json exists; skipped")
@@ -307,7 +352,8 @@ def run(
     cfg, state = job.training, t.state
     if t.resume():
         state = t.state
-        log(f"{job.job_id}: resuming from checkpoints/last.pt at epoch {state['epoch'] + 1}/{cfg.epochs}")
+        where = f" step {state['step']}/{t.steps_per_epoch}" if state["step"] else ""
+        log(f"{job.job_id}: resuming from checkpoints/last.pt at epoch {state['epoch'] + 1}/{cfg.epochs}{where}")
     else:
         log(
             f"{job.job_id}: training {job.architecture} seed {job.seed} on {t.device.type} for {cfg.epochs} "
@@ -319,8 +365,11 @@ def run(
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             break
         epoch_start = time.monotonic()
-        seed_everything(job.seed, epoch)
-        train_loss = t.train_epoch(epoch)
+        if not state["step"]:  # an interrupted epoch continues with the RNG states of its checkpoint
+            seed_everything(job.seed, epoch)
+        train_loss = t.train_epoch(epoch, on_step)
+        if train_loss is None:
+            return None
         if cfg.bn_recalibrate:
             t.recalibrate_batchnorm(epoch)
         val = t.evaluate("val")
@@ -354,9 +403,6 @@ def run(
         if cfg.patience and state["bad_epochs"] >= cfg.patience:
             log(f"{job.job_id}: no improvement for {cfg.patience} epochs; stopping early")
             break
-        if should_stop and should_stop():
-            log(f"{job.job_id}: stop requested; checkpoint saved at epoch {epoch + 1}")
-            return None
     return finish(t, started)
 
 

@@ -114,3 +114,36 @@ def test_killed_training_resumes_at_the_next_epoch_and_ends_as_if_uninterrupted(
 
     uninterrupted = train.run(job(m, "uninterrupted", cfg=cfg), store, log=lambda s: None)
     assert resumed["test"] == uninterrupted["test"]
+
+
+def test_a_stop_inside_an_epoch_checkpoints_the_position_and_the_rerun_is_the_same_run(prepared):
+    store, m = prepared
+    j = job(m, "stopped-mid-epoch")
+    seen = []
+
+    def stop_at_epoch_2_step_3(p):
+        seen.append((p["epoch"], p["step"]))
+        return "checkpoint" if (p["epoch"], p["step"]) == (2, 3) else None
+
+    assert train.run(j, store, log=lambda s: None, on_step=stop_at_epoch_2_step_3) is None
+    steps = max(s for e, s in seen if e == 1)
+    assert seen[-1] == (2, 3) and seen.count((1, 1)) == 1 and steps == m["splits"]["train"]["images"] // 16
+    ckpt = torch.load(io.BytesIO(store.get_bytes(f"{j.prefix}/checkpoints/last.pt")), weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["partial_count"]) == (1, 3, 48)
+    assert not store.exists(f"{j.prefix}/result.json")
+
+    messages, resumed_steps = [], []
+    resumed = train.run(j, store, log=messages.append, on_step=lambda p: resumed_steps.append(p["step"]))
+    assert f"{j.job_id}: resuming from checkpoints/last.pt at epoch 2/3 step 3/{steps}" in messages
+    assert resumed_steps[0] == 4  # the three trained batches are not trained again
+    uninterrupted = train.run(job(m, "not-stopped"), store, log=lambda s: None)
+    assert resumed["test"] == uninterrupted["test"] and resumed["val"] == uninterrupted["val"]
+
+
+def test_abandon_stops_without_writing(prepared):
+    store, m = prepared
+    j = job(m, "abandoned")
+    assert train.run(j, store, log=lambda s: None, on_step=lambda p: "abandon" if p["epoch"] == 2 else None) is None
+    ckpt = torch.load(io.BytesIO(store.get_bytes(f"{j.prefix}/checkpoints/last.pt")), weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
+    assert len(store.get_text(f"{j.prefix}/metrics.jsonl").splitlines()) == 1
