@@ -58,7 +58,7 @@ def collect(store: Store, study_id: str) -> tuple[dict, list[tuple[JobSpec, dict
     out = []
     for entry in study["jobs"]:
         job = JobSpec.from_json(entry, key)
-        for name in ("result.json", "error.json"):
+        for name in ("result.json", "error.json", "cancelled.json"):
             if store.exists(f"{job.prefix}/{name}"):
                 out.append((job, json.loads(store.get_text(f"{job.prefix}/{name}"))))
                 break

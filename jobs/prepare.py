@@ -142,6 +142,15 @@ def _split_summary(records: list[Record]) -> dict:
     }
 
 
+def plan(
+    dataset_uri: str, config: PrepConfig, dataset_id: str | None = None, log: Callable[[str], None] = print
+) -> tuple[NihDataset, str]:
+    """Read the dataset's metadata and listing: the dataset and the store prefix its shards go to."""
+    dataset = read_nih(open_store(dataset_uri), config.val_fraction, config.split_seed, log=log)
+    log(f"dataset: {dataset.describe()}")
+    return dataset, f"datasets/{dataset_id or dataset_id_for(dataset_uri)}/{prep_hash(dataset, config)}"
+
+
 def run(
     dataset_uri: str,
     store: Store,
@@ -152,9 +161,7 @@ def run(
 ) -> dict:
     """Prepare ``dataset_uri`` into ``store``; returns the manifest (with its ``prefix`` in the store)."""
     source = open_store(dataset_uri)
-    dataset = read_nih(source, config.val_fraction, config.split_seed, log=log)
-    log(f"dataset: {dataset.describe()}")
-    prefix = f"datasets/{dataset_id or dataset_id_for(dataset_uri)}/{prep_hash(dataset, config)}"
+    dataset, prefix = plan(dataset_uri, config, dataset_id, log)
     if store.exists(f"{prefix}/manifest.json"):
         log(f"prepare: {store.url(prefix)} is up to date (same dataset and config); skipped")
         return json.loads(store.get_text(f"{prefix}/manifest.json"))
@@ -201,3 +208,37 @@ def run(
 
 def load_manifest(store: Store, prefix: str) -> dict:
     return json.loads(store.get_text(f"{prefix}/manifest.json"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m jobs.prepare``: what the prepare task runs, in a process of its own (Celery's pool
+    children are daemonic and may not start the process pool)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m jobs.prepare", description="CLAHE shards of an NIH dataset.")
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--store", required=True)
+    parser.add_argument("--config", default="{}", help="PrepConfig fields as JSON")
+    parser.add_argument("--dataset-id")
+    parser.add_argument("--workers", type=int)
+    args = parser.parse_args(argv)
+    try:
+        config = PrepConfig(**json.loads(args.config))
+        manifest = run(
+            args.dataset,
+            open_store(args.store),
+            config,
+            args.dataset_id,
+            args.workers,
+            log=lambda m: print(m, flush=True),
+        )
+    except (CxrStudyError, TypeError, ValueError) as exc:
+        print(f"jobs.prepare: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"prefix: {manifest['prefix']}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -74,13 +74,78 @@ def cmd_aggregate(args) -> None:
     aggregate.run(args.study_id, open_store(args.store), log=log)
 
 
+def _settings(args, **extra):
+    from worker.settings import Settings
+
+    return Settings.from_env(broker_url=getattr(args, "broker", None), store=getattr(args, "store", None), **extra)
+
+
+def cmd_submit(args) -> None:
+    from orchestrator import distributed
+
+    settings = _settings(args)
+    sid = distributed.submit(_load(args), settings, log=log)
+    print(sid, flush=True)
+    if args.wait:
+        distributed.wait(sid, settings, log=log)
+        print(distributed.results(sid, settings, None))
+
+
+def cmd_status(args) -> None:
+    from orchestrator import distributed
+
+    settings = _settings(args)
+    if not args.watch:
+        print(distributed.status(args.study_id, settings, as_json=args.json))
+        return
+    while True:
+        print("\033[2J\033[H" + distributed.status(args.study_id, settings), flush=True)
+        time.sleep(args.interval)
+
+
+def cmd_results(args) -> None:
+    from orchestrator import distributed
+
+    print(distributed.results(args.study_id, _settings(args), args.out))
+    if args.out:
+        log(f"results: report files written to {Path(args.out).resolve()}")
+
+
+def cmd_cancel(args) -> None:
+    from orchestrator import distributed
+
+    log(distributed.cancel(args.study_id, _settings(args)))
+
+
+def cmd_resume(args) -> None:
+    from orchestrator import distributed
+
+    log(distributed.resume(args.study_id, _settings(args)))
+
+
+def cmd_list(args) -> None:
+    from orchestrator import distributed
+
+    print(distributed.list_studies(_settings(args)))
+
+
+def cmd_worker(args) -> None:
+    import os
+
+    from orchestrator import distributed
+
+    settings = _settings(args).need("broker_url", "store")
+    distributed.connect(settings)  # fail here, in one line, rather than in Celery's retry loop
+    cmd = distributed.worker_command(args.queues, args.name, args.loglevel)
+    os.execvpe(cmd[0], cmd, {**os.environ, **settings.env()})  # exec: SIGTERM reaches the worker itself
+
+
 def cmd_demo(args) -> None:
     import yaml
 
-    from jobs.store import LocalStore
     from jobs.study import parse_study
     from jobs.synthetic import make_synthetic
-    from orchestrator.local import run_study
+    from orchestrator import distributed
 
     out = Path(args.out).resolve()
     data = Path(args.dataset).resolve() if args.dataset else out / "data"
@@ -90,18 +155,35 @@ def cmd_demo(args) -> None:
         make_synthetic(data, images=args.images, size=128, seed=0, progress=log)
     text = resources.files("orchestrator").joinpath("demo-study.yaml").read_text()
     study = dataclasses.replace(parse_study(yaml.safe_load(text), "demo-study.yaml"), dataset=str(data))
-    store = LocalStore(out / "store")
-    sid, _ = run_study(study, store, log=log)
+    # The embedded default: a broker in a folder (no server), the store in a folder, and worker
+    # processes started here. The same study runs on a cluster by changing these two URLs.
+    from worker.settings import Settings
+
+    settings = Settings.from_env(
+        broker_url=f"local://{out / 'broker'}", store=str(out / "store"), progress_interval=5.0, lease_ttl=30.0
+    )
+    logs = out / "logs"
+    workers = distributed.start_workers(settings, args.workers, "gpu,cpu", logs)
+    log(f"demo: started {args.workers} worker process(es) on the gpu and cpu queues (logs in {logs})")
+    try:
+        sid = distributed.submit(study, settings, log=log)
+        distributed.wait(sid, settings, log=log, poll=2.0, compact=True)
+    finally:
+        distributed.stop_workers(workers)
     report_dir = out / "report"
     if report_dir.exists():
         shutil.rmtree(report_dir)
-    shutil.copytree(store.path(f"studies/{sid}/report"), report_dir)
     print()
-    print((report_dir / "report.md").read_text())
+    print(distributed.results(sid, settings, str(report_dir)))
     log(
         f"demo: finished in {time.monotonic() - started:.0f}s; report at {report_dir / 'report.md'}, "
-        f"runs under {store.path(f'studies/{sid}')}"
+        f"runs under {out / 'store' / 'studies' / sid}"
     )
+
+
+def _queue_options(p) -> None:
+    p.add_argument("--broker", help="broker URL: redis://[:password@]host:6379/0 (default: $CXRSTUDY_BROKER_URL)")
+    p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +195,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=2000, help="synthetic images to generate (default 2000)")
     p.add_argument("--dataset", help="use this NIH-format folder instead of generating one")
     p.set_defaults(func=cmd_demo)
+
+    p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+
+    p = sub.add_parser("submit", help="validate a study file and enqueue its jobs for the workers")
+    p.add_argument("study", help="study file (YAML)")
+    _queue_options(p)
+    p.add_argument("--dataset", help="override the study file's dataset location (a folder or s3:// URI)")
+    p.add_argument("--wait", action="store_true", help="show progress until the report exists, then print it")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("status", help="one row per run: state, epoch, validation AUROC, worker, elapsed")
+    p.add_argument("study_id")
+    _queue_options(p)
+    p.add_argument("--watch", action="store_true", help="refresh until interrupted")
+    p.add_argument("--interval", type=float, default=5.0, help="seconds between refreshes with --watch")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("results", help="print a study's report; --out downloads the report files")
+    p.add_argument("study_id")
+    p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
+    p.add_argument("--out", help="folder for report.md, the CSVs and report.json")
+    p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("cancel", help="stop a study: running runs within one epoch, queued runs never start")
+    p.add_argument("study_id")
+    _queue_options(p)
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("resume", help="enqueue again every run of a study without result.json")
+    p.add_argument("study_id")
+    _queue_options(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser("list", help="the studies in the store")
+    p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("worker", help="start a Celery worker (concurrency 1: one per GPU)")
+    _queue_options(p)
+    p.add_argument("--queues", default="gpu", help="comma-separated: gpu (train), cpu (prepare, aggregate)")
+    p.add_argument("--name", help="worker node name (default: celery@hostname)")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("run", help="run a study file in this process (prepare, every run, aggregate)")
     p.add_argument("study", help="study file (YAML)")

