@@ -163,6 +163,7 @@ class Monitor:
 
     def _beat(self) -> None:
         interval = self.settings.lease_ttl / 3
+        self.coord.extend_visibility(self.task_id)
         while not self._stop.wait(interval):
             try:
                 if not self.coord.heartbeat(self.job.job_id, self.owner, self.settings.lease_ttl):
@@ -214,6 +215,7 @@ class Monitor:
 @shared_task(name="cxrstudy.train", bind=True)
 def train_task(self, study_id: str, job_id: str) -> None:
     settings, store, coord = _context()
+    coord.extend_visibility(self.request.id)  # first thing: child start-up can take seconds
     doc = load_study(store, study_id)
     job = next((j for j in study_jobs(doc) if j.job_id == job_id), None)
     if job is None:
@@ -261,11 +263,11 @@ def _train(task, settings, store, coord, job, owner) -> None:
         )
         _log(f"{job.job_id}: failed after {attempt - 1} attempts; recorded as failed")
         return
-    from jobs import train  # torch: only in the child process
-
     _log(f"{job.job_id}: attempt {attempt}/{settings.max_attempts} on {owner}")
     try:
         with Monitor(settings, store, coord, job, owner, task.request.id) as monitor:
+            from jobs import train  # torch: only in the child process, under the heartbeat
+
             result = train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch)
     except Exception as exc:
         final = attempt >= settings.max_attempts

@@ -1,0 +1,173 @@
+"""The distributed path end to end: Celery workers over a real Redis, the store in a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from jobs.study import JobSpec
+from tests.worker.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def jobs_of(store, sid) -> list[JobSpec]:
+    doc = json.loads(store.get_text(f"studies/{sid}/study.json"))
+    return [JobSpec.from_json(j) for j in doc["jobs"]]
+
+
+def epochs_logged(store, job) -> list[int]:
+    key = f"{job.prefix}/metrics.jsonl"
+    return [json.loads(x)["epoch"] for x in store.get_text(key).splitlines()] if store.exists(key) else []
+
+
+def test_two_workers_run_a_study_and_the_report_lands_in_s3(cluster, synthetic):
+    cluster.start_worker("a")
+    cluster.start_worker("b")
+    proc = cluster.cli("submit", ROOT / "examples" / "smoke-study.yaml", "--dataset", synthetic)
+    assert proc.returncode == 0, proc.stderr
+    sid = proc.stdout.strip().splitlines()[-1]
+    assert sid.startswith("smoke-")
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report")
+    store = cluster.store()
+    report = store.get_text(f"studies/{sid}/report/report.md")
+    assert "# Cross-Architecture Comparison" in report and "Runs Without a Result" not in report
+    status = cluster.status(sid)
+    assert [r["state"] for r in status["runs"]] == ["succeeded"] * 4
+    assert all(r["epoch"] == "2/2" for r in status["runs"])
+    for job in jobs_of(store, sid):
+        assert epochs_logged(store, job) == [1, 2]
+        assert [e["event"] for e in lease_events(cluster, job.job_id)] == ["acquire", "release"]
+    # Each job ran longer than the 8 s visibility timeout would allow without the heartbeat's bump:
+    # no copy was ever redelivered while its job ran.
+    logs = cluster.log("a") + cluster.log("b")
+    assert "this copy is dropped" not in logs
+    assert "cxrstudy.train" in cluster.log("a") and "cxrstudy.train" in cluster.log("b")  # both worked
+    assert logs.count("aggregate enqueued") == 1
+
+
+def lease_events(cluster, job_id):
+    return [json.loads(x) for x in cluster.redis.lrange(f"cxrstudy:lease-log:{job_id}", 0, -1)]
+
+
+def test_sigkill_of_a_worker_mid_run_resumes_on_the_other_from_its_checkpoint(cluster, synthetic):
+    cluster.start_worker("a")
+    cluster.start_worker("b")
+    sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1]\n", epochs=8))
+    store = cluster.store()
+    (job,) = jobs_of(store, sid)
+    cluster.wait_for(lambda: len(epochs_logged(store, job)) >= 2, what="two finished epochs")
+    holder = cluster.redis.get(f"cxrstudy:lease:{job.job_id}")
+    victim = "a" if "cxrstudy.train" in cluster.log("a") and job.job_id in cluster.log("a") else "b"
+    killed_at = time.time()
+    cluster.kill(victim)
+    cluster.workers[victim].wait()
+    survivor = "b" if victim == "a" else "a"
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report after the kill")
+
+    assert store.exists(f"{job.prefix}/result.json")
+    assert epochs_logged(store, job) == list(range(1, 9))  # every epoch once in the final log
+    resumed = [ln for ln in cluster.log(survivor).splitlines() if "resuming from checkpoints/last.pt" in ln]
+    assert len(resumed) == 1
+    start_epoch = int(resumed[0].split("at epoch ")[1].split("/")[0])
+    assert start_epoch >= 3  # two epochs had finished: not repeated from zero
+    events = lease_events(cluster, job.job_id)
+    assert [e["event"] for e in events] == ["acquire", "acquire", "release"]
+    assert events[0]["owner"] == holder and events[1]["owner"] != holder
+    assert events[1]["t"] > killed_at  # the second training began after the first process was dead
+
+
+def test_redis_flushed_mid_study_resume_completes_without_rerunning_finished_runs(cluster, synthetic):
+    cluster.start_worker("a")
+    sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1, 2, 3]\n", epochs=4))
+    store = cluster.store()
+    jobs = jobs_of(store, sid)
+    cluster.wait_for(lambda: store.exists(f"{jobs[0].prefix}/result.json"), what="the first run")
+    cluster.redis.flushall()
+    finished = {
+        j.job_id: store.get_bytes(f"{j.prefix}/result.json") for j in jobs if store.exists(f"{j.prefix}/result.json")
+    }
+    proc = cluster.cli("resume", sid)
+    assert proc.returncode == 0, proc.stderr
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report after resume")
+    for job_id, before in finished.items():
+        job = next(j for j in jobs if j.job_id == job_id)
+        assert store.get_bytes(f"{job.prefix}/result.json") == before  # not trained again
+    assert all(store.exists(f"{j.prefix}/result.json") for j in jobs)
+    assert [r["state"] for r in cluster.status(sid)["runs"]] == ["succeeded"] * 3
+
+
+def test_cancel_stops_the_running_run_within_an_epoch_and_queued_runs_never_start(cluster, synthetic):
+    cluster.start_worker("a")
+    sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1, 2]\ntest_efficientnet: [1]\n", epochs=30))
+    store = cluster.store()
+    jobs = jobs_of(store, sid)
+    cluster.wait_for(lambda: len(epochs_logged(store, jobs[0])) >= 1, what="the first epoch")
+    proc = cluster.cli("cancel", sid)
+    assert proc.returncode == 0 and "cancel requested" in proc.stdout, proc.stderr
+    at_cancel = len(epochs_logged(store, jobs[0]))
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report after cancel")
+    assert [r["state"] for r in cluster.status(sid)["runs"]] == ["cancelled"] * 3
+    assert len(epochs_logged(store, jobs[0])) <= at_cancel + 1
+    for job in jobs[1:]:
+        assert not store.exists(f"{job.prefix}/metrics.jsonl")  # never started
+    report = store.get_text(f"studies/{sid}/report/report.md")
+    assert "3 of 3 runs have no test result" in report and report.count("| cancelled |") == 3
+
+
+def test_a_job_that_always_fails_is_retried_then_recorded_and_the_study_still_reports(cluster, synthetic):
+    cluster.start_worker("a")
+    runs = "test_resnet: [1]\ntest_efficientnet:\n  seeds: [1]\n  training: {weights: 'store:models/absent.pt'}\n"
+    sid = cluster.submit(cluster.study(synthetic, runs, epochs=1))
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report")
+    store = cluster.store()
+    good, bad = jobs_of(store, sid)
+    error = json.loads(store.get_text(f"{bad.prefix}/error.json"))
+    assert error["final"] and error["attempts"] == 2 and "absent.pt" in error["error"]
+    assert [e["event"] for e in lease_events(cluster, bad.job_id)] == ["acquire", "release"] * 2
+    assert store.exists(f"{good.prefix}/result.json")
+    report = store.get_text(f"studies/{sid}/report/report.md")
+    assert "1 of 2 runs have no test result" in report and f"`{bad.job_id}`" in report
+    status = cluster.cli("status", sid)
+    assert "failed (2 attempts)" in status.stdout and "absent.pt" in status.stdout
+
+
+def test_sigterm_checkpoints_inside_the_epoch_requeues_and_exits_within_the_grace(cluster, synthetic):
+    cluster.start_worker("a")
+    sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1]\n", epochs=6))
+    store = cluster.store()
+    (job,) = jobs_of(store, sid)
+    cluster.wait_for(lambda: len(epochs_logged(store, job)) >= 1, what="the first epoch")
+    cluster.workers["a"].expected_exit = True
+    cluster.workers["a"].send_signal(15)  # to the worker's parent only, as Kubernetes does
+    started = time.monotonic()
+    cluster.workers["a"].wait(timeout=60)
+    assert time.monotonic() - started < 20  # CXRSTUDY_SIGTERM_GRACE
+    assert "checkpoint saved at epoch" in cluster.log("a")
+    assert not store.exists(f"{job.prefix}/result.json")
+    cluster.start_worker("b")
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report after the eviction")
+    resumed = [ln for ln in cluster.log("b").splitlines() if "resuming from checkpoints/last.pt" in ln]
+    assert len(resumed) == 1 and " step " in resumed[0]
+    assert epochs_logged(store, job) == list(range(1, 7))
+
+
+def test_bad_settings_give_one_line_errors(cluster, synthetic, tmp_path):
+    study = cluster.study(synthetic, "test_resnet: [1]\n")
+
+    def one_line(proc, *fragments):
+        assert proc.returncode == 2, proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("cxrstudy: error: ") and all(f in line for f in fragments), line
+
+    one_line(cluster.cli("submit", study, "--broker", "redis://127.0.0.1:1/0"), "cannot reach the broker", "--broker")
+    one_line(cluster.cli("submit", study, "--broker", "amqp://x"), "redis://", "CXRSTUDY_BROKER_URL")
+    cluster.env["AWS_SECRET_ACCESS_KEY"] = "wrong"
+    one_line(cluster.cli("submit", study), "AWS_SECRET_ACCESS_KEY")
+    cluster.env["AWS_ENDPOINT_URL_S3"] = "http://127.0.0.1:1"
+    one_line(cluster.cli("submit", study), "127.0.0.1:1")
+    one_line(cluster.cli("status", "nope", "--store", tmp_path / "empty"), "no study 'nope'")
+    del cluster.env["CXRSTUDY_BROKER_URL"]
+    one_line(cluster.cli("status", "x"), "--broker", "CXRSTUDY_BROKER_URL")
