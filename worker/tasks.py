@@ -32,9 +32,11 @@ from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from jobs.errors import CxrStudyError
-from jobs.state import TERMINAL, cancel_key, load_study, run_state, study_jobs
 from jobs.store import open_store
 from worker.coord import open_coord
+
+# The worker's parent process imports this module: it must not import torch (jobs.study and
+# everything past it do), so the job modules are imported inside the tasks, in the pool's child.
 
 log_ = get_task_logger("cxrstudy")
 
@@ -63,6 +65,8 @@ def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> boo
     The claim key carries a digest of the runs' end states: the same ending aggregates once however
     many workers see it; a later ending (``resume`` re-ran failed runs) aggregates again.
     """
+    from jobs.state import TERMINAL, load_study, run_state, study_jobs
+
     doc = load_study(store, study_id)
     states = [run_state(store, j, stale_after) for j in study_jobs(doc)]
     if any(s.state not in TERMINAL for s in states):
@@ -106,6 +110,8 @@ def _run_prepare(spec: dict, store_uri: str) -> str:
 
 @shared_task(name="cxrstudy.prepare", bind=True)
 def prepare_task(self, study_id: str) -> None:
+    from jobs.state import TERMINAL, load_study, run_state, study_jobs
+
     settings, store, coord = _context()
     doc = load_study(store, study_id)
     try:
@@ -199,7 +205,7 @@ class Monitor:
             self._last_write = now
             self.progress.update(fields, updated=now)
             self.store.put_text(f"{self.job.prefix}/progress.json", json.dumps(self.progress))
-        if self.reason is None and self.store.exists(cancel_key(self.job.study_id)):
+        if self.reason is None and self.store.exists(f"studies/{self.job.study_id}/cancel.json"):
             self.reason = "cancel"
 
     def on_step(self, p: dict) -> str | None:
@@ -214,6 +220,8 @@ class Monitor:
 
 @shared_task(name="cxrstudy.train", bind=True)
 def train_task(self, study_id: str, job_id: str) -> None:
+    from jobs.state import TERMINAL, cancel_key, load_study, run_state, study_jobs
+
     settings, store, coord = _context()
     coord.extend_visibility(self.request.id)  # first thing: child start-up can take seconds
     doc = load_study(store, study_id)

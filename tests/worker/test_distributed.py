@@ -46,6 +46,10 @@ def test_two_workers_run_a_study_and_the_report_lands_in_s3(cluster, synthetic):
     assert "this copy is dropped" not in logs
     assert "cxrstudy.train" in cluster.log("a") and "cxrstudy.train" in cluster.log("b")  # both worked
     assert logs.count("aggregate enqueued") == 1
+    # The worker's parent never loaded torch (so never CUDA): jobs ran in its pool's children.
+    for proc in cluster.workers.values():
+        maps = open(f"/proc/{proc.pid}/maps").read()
+        assert "celery" in open(f"/proc/{proc.pid}/cmdline").read() and "libtorch" not in maps
 
 
 def lease_events(cluster, job_id):
