@@ -347,10 +347,15 @@ def _parse(data) -> Study:
 
 
 def load_study(path: str | Path) -> Study:
-    """Read and validate a study file."""
-    path = Path(path)
+    """Read and validate a study file (``-``: standard input, e.g. through ``kubectl exec -i``)."""
+    if str(path) == "-":
+        import sys
+
+        text, path = sys.stdin.read(), Path("<stdin>")
+    else:
+        path = Path(path)
     try:
-        text = path.read_text()
+        text = text if str(path) == "<stdin>" else path.read_text()
     except OSError as exc:
         raise StudyFileError(f"{path}: cannot read the study file ({exc.strerror})") from None
     try:
@@ -361,7 +366,7 @@ def load_study(path: str | Path) -> Study:
         raise StudyFileError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     study = parse_study(data, str(path))
     dataset = study.dataset
-    if "://" not in dataset and not Path(dataset).expanduser().is_absolute():
+    if "://" not in dataset and not Path(dataset).expanduser().is_absolute() and str(path) != "<stdin>":
         dataset = str((path.parent / dataset).resolve())  # relative to the study file, not the shell
     return dataclasses.replace(study, source=str(path), dataset=dataset)
 

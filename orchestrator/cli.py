@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import shutil
 import sys
 import time
@@ -130,8 +131,6 @@ def cmd_list(args) -> None:
 
 
 def cmd_worker(args) -> None:
-    import os
-
     from orchestrator import distributed
 
     settings = _settings(args).need("broker_url", "store")
@@ -181,6 +180,27 @@ def cmd_demo(args) -> None:
     )
 
 
+def cmd_cluster(args) -> None:
+    from orchestrator import cluster
+
+    core, apps = cluster.load_clients(args.context)
+    if args.cluster_command == "scale":
+        log(cluster.scale_gpu_workers(apps, args.namespace, args.release, args.gpu_workers))
+        return
+    depths = None
+    try:  # the queue depths need the broker (a port-forward from a laptop); the rest does not
+        from worker.coord import open_coord
+
+        settings = _settings(args)
+        if settings.broker_url:
+            coord = open_coord(settings.broker_url)
+            coord.ping()
+            depths = coord.queue_depths()
+    except CxrStudyError:
+        depths = None
+    print(cluster.cluster_status(core, apps, args.namespace, args.release, depths))
+
+
 def _queue_options(p) -> None:
     p.add_argument("--broker", help="broker URL: redis://[:password@]host:6379/0 (default: $CXRSTUDY_BROKER_URL)")
     p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
@@ -199,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
 
     p = sub.add_parser("submit", help="validate a study file and enqueue its jobs for the workers")
-    p.add_argument("study", help="study file (YAML)")
+    p.add_argument("study", help="study file (YAML); - reads it from standard input")
     _queue_options(p)
     p.add_argument("--dataset", help="override the study file's dataset location (a folder or s3:// URI)")
     p.add_argument("--wait", action="store_true", help="show progress until the report exists, then print it")
@@ -232,6 +252,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="the studies in the store")
     p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("cluster", help="the deployment on Kubernetes: status, scale the GPU workers")
+    csub = p.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
+    for name, help_text in (
+        ("status", "worker pods by queue (phase, node), GPU deployments, allocatable GPUs, queue depths"),
+        ("scale", "set the number of GPU workers"),
+    ):
+        c = csub.add_parser(name, help=help_text)
+        c.add_argument(
+            "--namespace",
+            default=os.environ.get("CXRSTUDY_NAMESPACE", "cxrstudy"),
+            help="namespace of the release (default: $CXRSTUDY_NAMESPACE or cxrstudy)",
+        )
+        c.add_argument(
+            "--release",
+            default=os.environ.get("CXRSTUDY_RELEASE", "cxrstudy"),
+            help="Helm release name (default: $CXRSTUDY_RELEASE or cxrstudy)",
+        )
+        c.add_argument("--context", help="kubeconfig context (default: in-cluster, else the current context)")
+        c.set_defaults(func=cmd_cluster)
+        if name == "status":
+            c.add_argument("--broker", help="broker URL for the queue depths (default: $CXRSTUDY_BROKER_URL)")
+        else:
+            c.add_argument("--gpu-workers", type=int, required=True, help="replicas of the GPU worker Deployment")
 
     p = sub.add_parser("worker", help="start a Celery worker (concurrency 1: one per GPU)")
     _queue_options(p)

@@ -46,6 +46,10 @@ def test_two_workers_run_a_study_and_the_report_lands_in_s3(cluster, synthetic):
     assert "this copy is dropped" not in logs
     assert "cxrstudy.train" in cluster.log("a") and "cxrstudy.train" in cluster.log("b")  # both worked
     assert logs.count("aggregate enqueued") == 1
+    fetched = cluster.cli("results", sid, "--out", cluster.tmp / "report")
+    assert fetched.returncode == 0 and "# Cross-Architecture Comparison" in fetched.stdout, fetched.stderr
+    assert (cluster.tmp / "report" / "report.md").read_text() == report
+    assert {p.name for p in (cluster.tmp / "report").iterdir()} >= {"report.md", "runs.csv", "report.json"}
     # The worker's parent never loaded torch (so never CUDA): jobs ran in its pool's children.
     for proc in cluster.workers.values():
         maps = open(f"/proc/{proc.pid}/maps").read()
@@ -101,6 +105,8 @@ def test_redis_flushed_mid_study_resume_completes_without_rerunning_finished_run
         assert store.get_bytes(f"{job.prefix}/result.json") == before  # not trained again
     assert all(store.exists(f"{j.prefix}/result.json") for j in jobs)
     assert [r["state"] for r in cluster.status(sid)["runs"]] == ["succeeded"] * 3
+    listing = cluster.cli("list")
+    assert listing.returncode == 0 and f"{sid}  " in listing.stdout and "3 succeeded  report" in listing.stdout
 
 
 def test_cancel_stops_the_running_run_within_an_epoch_and_queued_runs_never_start(cluster, synthetic):
