@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from jobs import analysis
 from jobs.errors import CxrStudyError
 from jobs.labels import CLASSES
 from jobs.report import (
@@ -35,6 +36,7 @@ from jobs.report import (
     display_name,
     markdown_table,
 )
+from jobs.stats import resample_counts
 from jobs.store import Store, open_store
 from jobs.study import JobSpec
 
@@ -87,6 +89,7 @@ def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
         groups.setdefault(job.architecture, []).append((job, result))
 
     sections, cross, files, structured = [], [], {}, {"study_id": study_id, "architectures": {}}
+    beyond_inputs: list[tuple[str, list[analysis.RunPredictions]]] = []
     for arch, members in groups.items():
         done = [seed_run(r) for _, r in members if r and r.get("status") == "succeeded"]
         if not done:
@@ -103,6 +106,22 @@ def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
         )
         sections.append(architecture_section(title, done, intro))
         cross.append((display_name(arch), done))
+        finished = [(j, r) for j, r in members if r and r.get("status") == "succeeded"]
+        if all(store.exists(f"{j.prefix}/predictions_{s}.csv") for j, _ in finished for s in ("val", "test")):
+            beyond_inputs.append(
+                (
+                    arch,
+                    [
+                        analysis.RunPredictions(
+                            r["seed"],
+                            np.array([_nan(r["val"]["auroc"][c]) for c in CLASSES]),
+                            analysis.read_predictions(store, f"{j.prefix}/predictions_val.csv"),
+                            analysis.read_predictions(store, f"{j.prefix}/predictions_test.csv"),
+                        )
+                        for j, r in finished
+                    ],
+                )
+            )
         done.sort(key=lambda r: r.seed)
         files[f"{arch}_overall.csv"] = _csv(
             [["Seed", "Loss", "Avg AUROC", "Avg F1"], *([r.seed, r.loss, r.avg_auroc, r.avg_f1] for r in done)]
@@ -145,6 +164,30 @@ def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
             cols = [np.array([getattr(r, f) for r in done]) for f in ("loss", "avg_auroc", "avg_f1")]
             rows.append([name, len(done), *(v for c in cols for v in (c.mean(), c.std(ddof=1) if len(c) > 1 else ""))])
         files["architectures.csv"] = _csv(rows)
+
+    if beyond_inputs:
+        beyond = [
+            "# Beyond the Reference: Uncertainty, Seed Ensembles and Significance",
+            "The sections above reproduce the reference's tables. These say how much of the differences between "
+            "seeds and architectures is noise.",
+        ]
+        ensembles = []
+        n_test = len(beyond_inputs[0][1][0].test.names)
+        counts = resample_counts(n_test, analysis.RESAMPLES)
+        for arch, inputs in beyond_inputs:
+            if len(inputs[0].test.names) != n_test:
+                counts = resample_counts(len(inputs[0].test.names), analysis.RESAMPLES)
+            text, extra, info, ens = analysis.architecture_analysis(display_name(arch), inputs, counts)
+            beyond.append(text)
+            ensembles.append(ens)
+            for name, rows in extra.items():
+                files[f"{arch}_{name}"] = _csv(rows)
+            structured["architectures"][arch].update(info)
+        if len(ensembles) > 1:
+            text, rows = analysis.delong_section(ensembles)
+            beyond.append(text)
+            files["delong.csv"] = _csv(rows)
+        sections.append("\n\n".join(beyond))
 
     incomplete = [(job, r) for job, r in runs if not r or r.get("status") != "succeeded"]
     if incomplete:

@@ -133,3 +133,8 @@ def test_demo_learns_on_the_cpu(tmp_path):
         per_class = tables[(title, "Per-Class AUROC Comparison (per seed)")]
         assert len(per_class) == 1 + 14
     assert report.count("## Summary") == 2
+    # Beyond the reference: intervals, ensembles and the DeLong comparison of the two architectures.
+    assert "# Beyond the Reference: Uncertainty, Seed Ensembles and Significance" in report
+    for arch in floors:
+        assert f"## {arch}: Seed Spread, Bootstrap Intervals and the Seed Ensemble" in report
+    assert "### DenseNet-121 vs EfficientNet-B2 (seed ensembles" in report

@@ -1,0 +1,132 @@
+"""Uncertainty for the report: bootstrap confidence intervals and DeLong tests of AUROC.
+
+- :func:`bootstrap_auroc`: per-class AUROC over bootstrap resamples of the images, exact (ties
+  count one half) and vectorised over the resamples: a resample is a row of multinomial counts, and
+  each class needs one sort of the scores plus cumulative sums of the counts in that order.
+- :func:`delong_covariance`: the fast DeLong algorithm (Sun & Xu 2014, IEEE Signal Processing
+  Letters 21(11)): AUROCs of k scorers on the same images and their covariance from midranks, in
+  O(k N log N); :func:`delong_covariance_slow` is the textbook O(m n) version the tests check it with.
+- :func:`delong_test`: the paired two-sided test of two AUROCs on the same images.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+BOOTSTRAP_SEED = 20171
+
+
+def resample_counts(n: int, resamples: int = 1000, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """``(resamples, n)`` multinomial counts: how often each image is drawn in each resample.
+
+    Every run of a study is scored on the same resamples, so their intervals are paired.
+    """
+    rng = np.random.default_rng(seed)
+    return rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).astype(np.float32)
+
+
+def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``(resamples, classes)`` AUROC of ``scores`` on each resample (NaN where a resample has no
+    positive or no negative of a class). ``labels``, ``scores``: ``(n, classes)``."""
+    out = np.full((counts.shape[0], labels.shape[1]), np.nan)
+    counts_t = np.asfortranarray(counts)  # .T of it is C-contiguous (images, resamples)
+    for c in range(labels.shape[1]):
+        out[:, c] = _bootstrap_auroc_1d(labels[:, c].astype(bool), scores[:, c], counts_t)
+    return out
+
+
+def _bootstrap_auroc_1d(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    if y.all() or not y.any():
+        return np.full(w.shape[0], np.nan)
+    # Work on (images, resamples): gathering images is then a copy of contiguous rows.
+    wt = w.T if w.flags.f_contiguous else np.ascontiguousarray(w.T)
+    order = np.argsort(s, kind="stable")
+    s_sorted, y_sorted = s[order], y[order]
+    new_group = np.r_[True, s_sorted[1:] != s_sorted[:-1]]
+    starts, group = np.flatnonzero(new_group), np.cumsum(new_group) - 1  # runs of tied scores
+    neg_rows, pos_rows = order[~y_sorted], order[y_sorted]
+    w_neg = wt[neg_rows]  # (negatives, resamples), in score order
+    neg_starts = np.searchsorted(np.flatnonzero(~y_sorted), starts)  # tie groups among the negatives
+    has_neg = np.r_[neg_starts[1:], len(neg_rows)] > neg_starts
+    neg_groups = np.zeros((len(starts), w.shape[0]))
+    neg_groups[has_neg] = np.add.reduceat(w_neg, neg_starts[has_neg], axis=0, dtype=np.float64)
+    below = np.cumsum(neg_groups, axis=0) - neg_groups  # weighted negatives strictly below each group
+    g = group[y_sorted]
+    credit = below[g] + 0.5 * neg_groups[g]  # (positives, resamples)
+    w_pos = wt[pos_rows]
+    num = np.einsum("ij,ij->j", w_pos, credit)
+    den = w_pos.sum(axis=0, dtype=np.float64) * w_neg.sum(axis=0, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def percentile_interval(samples: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """The percentile interval over axis 0, ignoring NaN resamples."""
+    tail = 100 * (1 - level) / 2
+    with np.errstate(invalid="ignore"):
+        return np.nanpercentile(samples, tail, axis=0), np.nanpercentile(samples, 100 - tail, axis=0)
+
+
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """Midranks (1-based, ties get the mean of their ranks) along the last axis."""
+    out = np.empty(x.shape, dtype=np.float64)
+    for k, row in enumerate(x.reshape(-1, x.shape[-1])):
+        _, inverse, counts = np.unique(row, return_inverse=True, return_counts=True)
+        ends = np.cumsum(counts)
+        out.reshape(-1, x.shape[-1])[k] = ((ends - counts + 1 + ends) / 2.0)[inverse]
+    return out
+
+
+def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUROCs ``(k,)`` of ``scores`` ``(k, n)`` against binary ``y`` ``(n,)`` and their ``(k, k)``
+    DeLong covariance, by the midrank algorithm of Sun & Xu (2014)."""
+    y = y.astype(bool)
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    pos, neg = scores[:, y], scores[:, ~y]
+    m, n = pos.shape[1], neg.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError("DeLong needs at least two positives and two negatives")
+    tx, ty = _midranks(pos), _midranks(neg)
+    tz = _midranks(np.concatenate([pos, neg], axis=1))
+    aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
+    v10 = (tz[:, :m] - tx) / n  # per positive: the share of negatives it outranks
+    v01 = 1.0 - (tz[:, m:] - ty) / m  # per negative: the share of positives that outrank it
+    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, cov
+
+
+def delong_covariance_slow(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same from the pairwise kernel psi(x, y) = 1 if x > y, 1/2 if equal: O(k m n) memory/time."""
+    y = y.astype(bool)
+    scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
+    v10, v01, aucs = [], [], []
+    for s in scores:
+        psi = (s[y][:, None] > s[~y][None, :]) + 0.5 * (s[y][:, None] == s[~y][None, :])
+        v10.append(psi.mean(axis=1))
+        v01.append(psi.mean(axis=0))
+        aucs.append(psi.mean())
+    m, n = int(y.sum()), int((~y).sum())
+    cov = np.atleast_2d(np.cov(np.array(v10))) / m + np.atleast_2d(np.cov(np.array(v01))) / n
+    return np.array(aucs), cov
+
+
+def delong_test(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Paired two-sided DeLong test of AUROC(a) = AUROC(b) on the same images: (auc_a, auc_b, p)."""
+    aucs, cov = delong_covariance(y, np.vstack([a, b]))
+    var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    if var <= 0:
+        return float(aucs[0]), float(aucs[1]), 1.0 if aucs[0] == aucs[1] else 0.0
+    z = (aucs[0] - aucs[1]) / math.sqrt(var)
+    return float(aucs[0]), float(aucs[1]), math.erfc(abs(z) / math.sqrt(2))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (family-wise error over the classes compared)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
