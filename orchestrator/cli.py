@@ -88,7 +88,8 @@ def cmd_submit(args) -> None:
     sid = distributed.submit(_load(args), settings, log=log)
     print(sid, flush=True)
     if args.wait:
-        distributed.wait(sid, settings, log=log)
+        distributed.wait(sid, settings, log=log, compact=True)  # a line per run per state or epoch change
+        print(distributed.status(sid, settings))
         print(distributed.results(sid, settings, None))
 
 
