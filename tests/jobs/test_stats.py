@@ -6,6 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from jobs.stats import (
     bootstrap_auroc,
+    bootstrap_auroc_reference,
     delong_covariance,
     delong_covariance_slow,
     delong_test,
@@ -29,6 +30,20 @@ def test_bootstrap_auroc_is_the_auroc_of_each_resample_ties_included():
     for b in range(25):
         idx = np.repeat(np.arange(300), counts[b].astype(int))  # the resample, drawn out
         assert got[b] == pytest.approx(roc_auc_score(y[idx], s[idx]), abs=1e-9)
+
+
+def test_compiled_bootstrap_equals_the_numpy_reference_ties_and_empty_classes_included():
+    rng = np.random.default_rng(8)
+    labels = (rng.random((700, 14)) < np.linspace(0.0, 0.5, 14)).astype(np.uint8)  # class 0: no positive
+    labels[:, 13] = 1  # class 13: no negative
+    scores = np.round(rng.random((700, 14)) + 0.5 * labels, 2)  # heavy ties
+    counts = resample_counts(700, resamples=64, seed=9)
+    assert counts.dtype == np.uint8 and counts.shape == (64, 700) and counts.sum(axis=1).tolist() == [700] * 64
+    fast, slow = bootstrap_auroc(labels, scores, counts), bootstrap_auroc_reference(labels, scores, counts)
+    assert np.isnan(fast[:, [0, 13]]).all() and not np.isnan(fast[:, 1:13]).any()
+    np.testing.assert_allclose(fast, slow, rtol=0, atol=1e-12, equal_nan=True)
+    wide = bootstrap_auroc(labels, scores, np.asfortranarray(counts.astype(np.uint32)))  # another count type
+    np.testing.assert_array_equal(wide, fast)
 
 
 def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_images():
