@@ -24,9 +24,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from jobs import analysis
+from jobs import analysis, beyond
+from jobs.comparison import ReportOptions, load_options
 from jobs.errors import CxrStudyError
 from jobs.labels import CLASSES
+from jobs.predictions import read_predictions
 from jobs.report import (
     LOSS_NAMES,
     SeedRun,
@@ -36,7 +38,6 @@ from jobs.report import (
     display_name,
     markdown_table,
 )
-from jobs.stats import resample_counts
 from jobs.store import Store, open_store
 from jobs.study import JobSpec
 
@@ -80,8 +81,10 @@ def seed_run(result: dict) -> SeedRun:
     )
 
 
-def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
-    """Write the study's report; returns the URL of report.md."""
+def run(study_id: str, store: Store, log: Callable[[str], None] = print, options: ReportOptions | None = None) -> str:
+    """Write the study's report; returns the URL of report.md. ``options`` default to those kept
+    with the study (``cxrstudy report`` sets them)."""
+    options = options or load_options(store, study_id)
     study, runs = collect(store, study_id)
     prefix = f"studies/{study_id}/report"
     groups: dict[str, list[tuple[JobSpec, dict | None]]] = {}
@@ -115,8 +118,8 @@ def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
                         analysis.RunPredictions(
                             r["seed"],
                             np.array([_nan(r["val"]["auroc"][c]) for c in CLASSES]),
-                            analysis.read_predictions(store, f"{j.prefix}/predictions_val.csv"),
-                            analysis.read_predictions(store, f"{j.prefix}/predictions_test.csv"),
+                            read_predictions(store, f"{j.prefix}/predictions_val.csv"),
+                            read_predictions(store, f"{j.prefix}/predictions_test.csv"),
                         )
                         for j, r in finished
                     ],
@@ -165,29 +168,11 @@ def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
             rows.append([name, len(done), *(v for c in cols for v in (c.mean(), c.std(ddof=1) if len(c) > 1 else ""))])
         files["architectures.csv"] = _csv(rows)
 
+    pngs: dict[str, bytes] = {}
     if beyond_inputs:
-        beyond = [
-            "# Beyond the Reference: Uncertainty, Seed Ensembles and Significance",
-            "The sections above reproduce the reference's tables. These say how much of the differences between "
-            "seeds and architectures is noise.",
-        ]
-        ensembles = []
-        n_test = len(beyond_inputs[0][1][0].test.names)
-        counts = resample_counts(n_test, analysis.RESAMPLES)
-        for arch, inputs in beyond_inputs:
-            if len(inputs[0].test.names) != n_test:
-                counts = resample_counts(len(inputs[0].test.names), analysis.RESAMPLES)
-            text, extra, info, ens = analysis.architecture_analysis(display_name(arch), inputs, counts)
-            beyond.append(text)
-            ensembles.append(ens)
-            for name, rows in extra.items():
-                files[f"{arch}_{name}"] = _csv(rows)
-            structured["architectures"][arch].update(info)
-        if len(ensembles) > 1:
-            text, rows = analysis.delong_section(ensembles)
-            beyond.append(text)
-            files["delong.csv"] = _csv(rows)
-        sections.append("\n\n".join(beyond))
+        text, tables, pngs = beyond.beyond_reference(study_id, store, beyond_inputs, options, structured, log)
+        sections.append(text)
+        files.update({name: _csv(rows) for name, rows in tables.items()})
 
     incomplete = [(job, r) for job, r in runs if not r or r.get("status") != "succeeded"]
     if incomplete:
@@ -227,6 +212,8 @@ def run(study_id: str, store: Store, log: Callable[[str], None] = print) -> str:
 
     for name, text in files.items():
         store.put_text(f"{prefix}/{name}", text)
+    for name, data in pngs.items():
+        store.put_bytes(f"{prefix}/figures/{name}", data)
     header = f"<!-- cxrstudy report of study {study['study_id']} ({study['spec']['name']}) -->\n\n"
     store.put_text(f"{prefix}/report.md", header + "\n\n".join(sections) + "\n")
     done_count = len(runs) - len(incomplete)
@@ -274,9 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.aggregate", description="Write a study's report.")
     parser.add_argument("study_id")
     parser.add_argument("--store", required=True)
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default: the study's, else 1000)")
     args = parser.parse_args(argv)
     try:
-        run(args.study_id, open_store(args.store))
+        store = open_store(args.store)
+        options = load_options(store, args.study_id)
+        if args.resamples:
+            options.resamples = args.resamples
+        run(args.study_id, store, options=options)
     except CxrStudyError as exc:
         print(f"jobs.aggregate: error: {exc}", file=sys.stderr)
         return 2

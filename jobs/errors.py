@@ -24,3 +24,7 @@ class StoreError(CxrStudyError):
 
 class ConfigError(CxrStudyError):
     """A setting names something that does not exist (an architecture, a loss, an optimizer)."""
+
+
+class PredictionsError(CxrStudyError):
+    """A predictions CSV is missing, malformed, or does not match the dataset."""

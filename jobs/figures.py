@@ -36,6 +36,7 @@ SEED_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"
 SEED_MARKERS = ("o", "s", "^", "D")  # after the colours run out, the next seeds change shape
 ENSEMBLE_COLOUR = "#d62728"
 SPREAD_COLOUR = "#7f7f7f"
+LEGEND_SEEDS = 16  # seed_spread_figure names each seed in its legend up to this many seeds
 CURVE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -110,12 +111,12 @@ def seed_spread_figure(name: str, seeds: list[int], auroc: np.ndarray, ensemble:
     low = np.where(finite, values, np.inf).min(axis=0)
     high = np.where(finite, values, -np.inf).max(axis=0)
     ax.vlines(x[has_any], low[has_any], high[has_any], colors=SPREAD_COLOUR, linewidth=2, zorder=1)
+    labelled = len(seeds) <= LEGEND_SEEDS  # past that the legend would crowd out the plot
     for i, seed in enumerate(seeds):
         colour, marker = _seed_style(i)
         keep = finite[i]
-        ax.scatter(
-            x[keep] + offsets[i], values[i, keep], color=colour, marker=marker, s=50, zorder=3, label=f"seed {seed}"
-        )
+        label = f"seed {seed}" if labelled else ("_" if i else f"{len(seeds)} seeds, one marker each")
+        ax.scatter(x[keep] + offsets[i], values[i, keep], color=colour, marker=marker, s=50, zorder=3, label=label)
     if ensemble is not None:
         ens = np.asarray(ensemble, dtype=np.float64)
         keep = ~np.isnan(ens)

@@ -174,3 +174,12 @@ def test_avg_auroc_figure_with_one_seed_and_nan_bounds():
     assert_png(png, AVG_AUROC_SIZE)
     single = avg_auroc_figure([("ResNet-50", [42], np.array([0.81]), np.array([np.nan]), np.array([np.nan]), None)])
     assert_png(single, AVG_AUROC_SIZE)
+
+
+def test_seed_spread_figure_of_many_seeds_keeps_its_plot(recwarn):
+    # 50 seeds: a legend entry per seed would collapse the axes (matplotlib warns and lays nothing out).
+    seeds = list(range(1, 51))
+    values = np.clip(0.8 + 0.05 * np.random.default_rng(3).standard_normal((50, len(CLASSES))), 0.5, 1.0)
+    image = assert_png(seed_spread_figure("X", seeds, values, values.mean(axis=0)), SEED_SPREAD_SIZE)
+    assert not [w for w in recwarn if "constrained_layout" in str(w.message)]
+    assert pixels_near(image, SEED_COLOURS[0]) > 200
