@@ -8,6 +8,7 @@ training: {epochs: 20, batch_size: 32, lr: 1.0e-4, loss: {name: focal, alpha: 0.
 runs:
   densenet121: [12, 22, 32, 42]
   efficientnet_b2: {seeds: [22, 32, 42], training: {lr: 3.0e-4}}
+baselines: {chexnet: predictions/chexnet.csv}   # optional: other systems' predictions, in the report
 ```
 
 Every key is checked: an unknown key, a wrong type or a bad value is a one-line error naming the
@@ -155,6 +156,9 @@ class Study:
     training: TrainConfig
     runs: tuple[RunGroup, ...]
     source: str = ""  # the file it came from, for messages
+    # External baselines for the report: (name, location of a CheXNet-style predictions CSV). Not part of
+    # the spec or the study id: a baseline changes the report, not the runs.
+    baselines: tuple[tuple[str, str], ...] = ()
 
     def spec(self) -> dict:
         """The normalised spec, as written into study.json (and hashed into the study id)."""
@@ -296,7 +300,7 @@ def _parse(data) -> Study:
         raise ValueError(
             "the study file must be a mapping with name, dataset, runs (and optional preprocessing, training)"
         )
-    known = ("name", "dataset", "preprocessing", "training", "runs")
+    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines")
     for key in data:
         if key not in known:
             near = difflib.get_close_matches(str(key), known, n=1)
@@ -343,7 +347,25 @@ def _parse(data) -> Study:
         except ConfigError as exc:
             raise ValueError(f"{path}: {exc}") from None
         groups.append(RunGroup(str(arch), seeds, build(TrainConfig, overrides, f"{path}.training", training)))
-    return Study(name, dataset, dataset_id, prep, training, tuple(groups))
+    baselines = _baselines(data.get("baselines"))
+    for baseline, _ in baselines:
+        if baseline in runs:
+            raise ValueError(f"baselines.{baseline}: the name of an architecture in runs; give the baseline another")
+    return Study(name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines)
+
+
+def _baselines(entry) -> tuple[tuple[str, str], ...]:
+    """``baselines: {chexnet: preds/chexnet.csv}``: name -> predictions CSV (a path or s3:// URI)."""
+    if entry is None:
+        return ()
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError("baselines: must map a name to a predictions CSV, e.g. {chexnet: predictions/chexnet.csv}")
+    out = []
+    for name, location in entry.items():
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", str(name)):
+            raise ValueError(f"baselines.{name}: a baseline name uses letters, digits, '.', '_' and '-' only")
+        out.append((str(name), _coerce(location, str, f"baselines.{name}")))
+    return tuple(out)
 
 
 def load_study(path: str | Path) -> Study:
@@ -365,10 +387,14 @@ def load_study(path: str | Path) -> Study:
         where = f", line {mark.line + 1}" if mark else ""
         raise StudyFileError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     study = parse_study(data, str(path))
-    dataset = study.dataset
-    if "://" not in dataset and not Path(dataset).expanduser().is_absolute() and str(path) != "<stdin>":
-        dataset = str((path.parent / dataset).resolve())  # relative to the study file, not the shell
-    return dataclasses.replace(study, source=str(path), dataset=dataset)
+
+    def beside(location: str) -> str:  # relative to the study file, not the shell
+        if "://" in location or Path(location).expanduser().is_absolute() or str(path) == "<stdin>":
+            return location
+        return str((path.parent / location).resolve())
+
+    baselines = tuple((name, beside(location)) for name, location in study.baselines)
+    return dataclasses.replace(study, source=str(path), dataset=beside(study.dataset), baselines=baselines)
 
 
 def _digest(obj) -> str:

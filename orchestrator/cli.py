@@ -113,6 +113,41 @@ def cmd_results(args) -> None:
         log(f"results: report files written to {Path(args.out).resolve()}")
 
 
+def cmd_report(args) -> None:
+    from jobs.store import open_store
+    from orchestrator import distributed, reporting
+
+    settings = _settings(args).need("store")
+    reporting.report(
+        args.study_id,
+        open_store(settings.store),
+        baselines=args.baseline or [],
+        compare=args.compare or [],
+        resamples=args.resamples,
+        log=log,
+    )
+    print(distributed.results(args.study_id, settings, args.out))
+    if args.out:
+        log(f"report: report files written to {Path(args.out).resolve()}")
+
+
+def cmd_evaluate(args) -> None:
+    from jobs.baseline import evaluate, evaluation_markdown
+
+    score = evaluate(
+        args.predictions,
+        args.dataset,
+        split=args.split,
+        out_dir=args.out,
+        val_fraction=args.val_fraction,
+        split_seed=args.split_seed,
+        threshold=args.threshold,
+        log=log,
+        name=args.name,
+    )
+    print(evaluation_markdown(score))
+
+
 def cmd_cancel(args) -> None:
     from orchestrator import distributed
 
@@ -239,6 +274,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
     p.add_argument("--out", help="folder for report.md, the CSVs and report.json")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser(
+        "report",
+        help="write a study's report again, with external baselines and DeLong tests between chosen scorers",
+    )
+    p.add_argument("study_id")
+    p.add_argument("--store", help="a directory or s3://bucket/prefix (default: $CXRSTUDY_STORE)")
+    p.add_argument(
+        "--baseline",
+        action="append",
+        metavar="NAME=PREDICTIONS.csv",
+        help="another system's predictions (CheXNet-style CSV: 'Image Index', prob_<Class>), kept with the "
+        "study and scored on its test images; repeatable",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        metavar=("A", "B"),
+        help="a paired DeLong test per class between two scorers: an architecture (its seed ensemble), "
+        "ARCH:SEED (one run) or a baseline's name; repeatable",
+    )
+    p.add_argument("--resamples", type=int, help="bootstrap resamples for the 95%% intervals (default 1000)")
+    p.add_argument("--out", help="also download report.md, the CSVs, report.json and figures/ into this folder")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "evaluate", help="score another system's predictions CSV on a dataset's split, from its metadata alone"
+    )
+    p.add_argument("predictions", help="CheXNet-style CSV: 'Image Index' and prob_<Class> per finding")
+    p.add_argument("--dataset", required=True, help="NIH-format folder or s3:// prefix (metadata and lists suffice)")
+    p.add_argument("--split", default="test", choices=("test", "val", "train"), help="the split to score (test)")
+    p.add_argument("--out", help="folder for evaluation.md, evaluation.csv and evaluation.json")
+    p.add_argument("--name", help="the name in the tables (default: the file's name)")
+    p.add_argument("--threshold", type=float, default=0.5, help="F1 threshold when the file has no validation rows")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation patients' share (as in the study)")
+    p.add_argument("--split-seed", type=int, default=20171, help="seed of the validation carving (as in the study)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("cancel", help="stop a study: running runs within one epoch, queued runs never start")
     p.add_argument("study_id")

@@ -22,6 +22,7 @@ from jobs.state import TERMINAL, cancel_key, load_study, study_jobs, study_state
 from jobs.store import Store, open_store
 from jobs.study import Study, expand, study_id
 from orchestrator.local import write_study
+from orchestrator.reporting import keep_baselines, read_study_baselines
 from worker.app import make_app
 from worker.coord import open_coord
 from worker.settings import Settings
@@ -45,9 +46,11 @@ def connect(settings: Settings) -> tuple[Store, object]:
 def submit(study: Study, settings: Settings, log: Callable[[str], None] = print) -> str:
     """Validate, expand, write study.json, enqueue. Returns the study id."""
     store, _ = connect(settings)
+    baselines = read_study_baselines(study)  # a bad baseline file fails here, before anything is written
     _, data_prefix = prepare.plan(study.dataset, study.preprocessing, study.dataset_id, log=log)
     sid = study_id(study, data_prefix.rsplit("/", 1)[-1])
     jobs = expand(study, sid, data_prefix)
+    keep_baselines(store, sid, baselines, log)
     write_study(store, study, sid, data_prefix, jobs)
     if store.exists(cancel_key(sid)):
         store.delete(cancel_key(sid))

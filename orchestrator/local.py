@@ -16,6 +16,7 @@ from jobs import aggregate, prepare, train
 from jobs.errors import CxrStudyError
 from jobs.store import Store
 from jobs.study import JobSpec, Study, expand, study_id
+from orchestrator.reporting import keep_baselines, read_study_baselines
 
 
 def write_study(store: Store, study: Study, sid: str, data_prefix: str, jobs: list[JobSpec]) -> None:
@@ -36,9 +37,11 @@ def write_study(store: Store, study: Study, sid: str, data_prefix: str, jobs: li
 
 def run_study(study: Study, store: Store, log: Callable[[str], None] = print) -> tuple[str, str]:
     """Prepare, train every run, aggregate. Returns (study id, URL of report.md)."""
+    baselines = read_study_baselines(study)  # a bad baseline file fails here, before hours of work
     manifest = prepare.run(study.dataset, store, study.preprocessing, study.dataset_id, log=log)
     sid = study_id(study, manifest["prep_hash"])
     jobs = expand(study, sid, manifest["prefix"])
+    keep_baselines(store, sid, baselines, log)
     write_study(store, study, sid, manifest["prefix"], jobs)
     log(f"study {sid}: {len(jobs)} runs ({', '.join(f'{g.architecture} x {len(g.seeds)}' for g in study.runs)})")
     for i, job in enumerate(jobs, start=1):

@@ -34,6 +34,13 @@ def test_minimal_study_parses_with_overrides_and_relative_dataset(tmp_path):
     assert dense.training.loss.name == "focal" and dense.training.loss.args == {"alpha": 0.25, "gamma": 2.0}
 
 
+def test_baselines_are_read_beside_the_study_file_and_leave_the_ids_alone(tmp_path):
+    plain = load_study(write(tmp_path, MINIMAL))
+    study = load_study(write(tmp_path, MINIMAL + "baselines: {chexnet: preds/chexnet.csv, b2: s3://bkt/p.csv}\n"))
+    assert study.baselines == (("chexnet", str(tmp_path / "preds" / "chexnet.csv")), ("b2", "s3://bkt/p.csv"))
+    assert study_id(study, "abc") == study_id(plain, "abc")  # a baseline changes the report, not the runs
+
+
 def test_ids_are_content_hashes(tmp_path):
     study = load_study(write(tmp_path, MINIMAL))
     sid = study_id(study, "abc")
@@ -89,6 +96,18 @@ def test_shipped_examples_parse():
             r"preprocessing.clip_limit must be positive",
         ),
         ("name: a\ndataset: d\nruns: {densenet121: [1]\n", r"study.yaml, line \d+: not valid YAML"),
+        (
+            "name: a\ndataset: d\nruns: {densenet121: [1]}\nbaselines: [x.csv]\n",
+            r"baselines: must map a name to a predictions CSV",
+        ),
+        (
+            "name: a\ndataset: d\nruns: {densenet121: [1]}\nbaselines: {densenet121: x.csv}\n",
+            r"baselines.densenet121: the name of an architecture in runs",
+        ),
+        (
+            "name: a\ndataset: d\nruns: {densenet121: [1]}\nbaselines: {a/b: x.csv}\n",
+            r"baselines.a/b: a baseline name uses letters",
+        ),
     ],
 )
 def test_bad_study_files_name_the_file_and_field(tmp_path, text, message):

@@ -6,8 +6,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
+from jobs.baseline import split_labels
+from jobs.labels import CLASSES
+from jobs.store import open_store
 from tests.jobs.test_aggregate import sections
 
 
@@ -68,6 +72,12 @@ def test_make_synthetic_refuses_a_non_empty_folder(tmp_path):
 
 @pytest.mark.slow
 def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
+    # An external baseline that knows the labels of all but the last 5 test images (which it lacks).
+    names, labels = split_labels(open_store(synthetic), "test")
+    probs = labels * 0.5 + np.random.default_rng(0).random(labels.shape) * 0.6
+    lines = ["Image Index," + ",".join(f"prob_{c}" for c in CLASSES)]
+    lines += [f"{n}," + ",".join(f"{v:.4f}" for v in p) for n, p in zip(names[:-5], probs)]
+    (tmp_path / "oracle.csv").write_text("\n".join(lines) + "\n")
     study = tmp_path / "study.yaml"
     study.write_text(
         textwrap.dedent(f"""\
@@ -78,6 +88,7 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
         runs:
           test_resnet: [1, 2]
           test_efficientnet: [1]
+        baselines: {{oracle: oracle.csv}}
         """)
     )
     store = tmp_path / "store"
@@ -104,9 +115,19 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
     for row in per_class[1:]:
         assert row[1:] == [f"{results[s]['test']['auroc'][row[0]]:.4f}" for s in (1, 2)]
 
+    # The baseline is in the comparison tables, scored on the test images it has.
+    n_test = results[1]["test"]["images"]
+    assert f"| oracle ({n_test - 5} images)" in report
+    assert f"- **oracle**: scored on {n_test - 5} of {n_test} test images (5 missing from the file" in report
+    assert (study_dir / "report" / "figures" / "roc_curves.png").stat().st_size > 10_000
+
     again = cxrstudy("run", study, "--store", store)
     assert again.returncode == 0 and again.stdout.count("result.json exists; skipped") == 3
     assert "is up to date (same dataset and config); skipped" in again.stdout
+
+    proc = cxrstudy("report", study_dir.name, "--store", store, "--compare", "test_resnet:1", "oracle")
+    assert proc.returncode == 0, proc.stderr
+    assert f"### test_resnet seed 1 vs oracle ({n_test - 5} test images)" in proc.stdout
 
 
 @pytest.mark.slow
@@ -137,4 +158,7 @@ def test_demo_learns_on_the_cpu(tmp_path):
     assert "# Beyond the Reference: Uncertainty, Seed Ensembles and Significance" in report
     for arch in floors:
         assert f"## {arch}: Seed Spread, Bootstrap Intervals and the Seed Ensemble" in report
-    assert "### DenseNet-121 vs EfficientNet-B2 (seed ensembles" in report
+    assert "### DenseNet-121 vs EfficientNet-B2 (" in report
+    for figure in ("densenet121_seed_spread", "efficientnet_b2_seed_spread", "roc_curves", "avg_auroc_seeds"):
+        assert f"](figures/{figure}.png)" in report
+        assert (tmp_path / "demo" / "report" / "figures" / f"{figure}.png").stat().st_size > 10_000

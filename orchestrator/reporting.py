@@ -1,0 +1,96 @@
+"""``cxrstudy report``: a study's report again, with external baselines and the comparisons asked for.
+
+Everything is checked before anything is written: every baseline file parses, every scorer named
+in ``--compare`` exists (an architecture, ``architecture:seed``, a baseline). Then the baselines are
+kept with the study (``studies/<id>/baselines/<name>.csv``), the options in
+``studies/<id>/report_options.json``, and the aggregate job runs here, so later aggregates (a worker's
+after ``resume``) keep them too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jobs import aggregate
+from jobs.comparison import check_baseline_name, load_options, save_options, stored_baselines, upload_baseline
+from jobs.errors import ConfigError
+from jobs.predictions import read_location, read_prediction_csv
+from jobs.state import load_study, study_jobs
+from jobs.store import Store
+from jobs.study import Study
+
+
+def read_study_baselines(study: Study) -> list[tuple[str, bytes, str]]:
+    """The study file's ``baselines:``, read where the submitter can read them, each checked to parse:
+    ``(name, bytes, where)``. Called before anything of the study is written."""
+    files = []
+    for name, location in study.baselines:
+        data, where = read_location(location)
+        read_prediction_csv(data, where)
+        files.append((name, data, where))
+    return files
+
+
+def keep_baselines(store: Store, sid: str, files: list[tuple[str, bytes, str]], log: Callable[[str], None]) -> None:
+    """Keep baseline files with the study, where every later aggregate finds them."""
+    for name, data, where in files:
+        rows = upload_baseline(store, sid, name, data, where)
+        log(f"study {sid}: baseline {name} ({rows:,} rows of {where}) kept for the report")
+
+
+def parse_baseline_option(text: str) -> tuple[str, str]:
+    """``NAME=PREDICTIONS.csv`` -> (name, location)."""
+    name, sep, location = text.partition("=")
+    if not sep or not name or not location:
+        raise ConfigError(f"--baseline {text!r}: write it as NAME=PREDICTIONS.csv (a path or s3://BUCKET/KEY)")
+    return check_baseline_name(name, f"--baseline {text!r}"), location
+
+
+def scorer_names(store: Store, sid: str, extra: list[str]) -> list[str]:
+    """What ``--compare`` may name: each architecture (its seed ensemble), each run, each baseline."""
+    jobs = study_jobs(load_study(store, sid))
+    names = list(dict.fromkeys(j.architecture for j in jobs))
+    names += [f"{j.architecture}:{j.seed}" for j in jobs]
+    return names + [n for n in [*stored_baselines(store, sid), *extra] if n not in names]
+
+
+def report(
+    sid: str,
+    store: Store,
+    baselines: list[str] = (),
+    compare: list[list[str]] = (),
+    resamples: int | None = None,
+    log: Callable[[str], None] = print,
+) -> str:
+    """Add baselines and comparisons to a study's report options, re-aggregate; returns report.md's text."""
+    load_study(store, sid)  # a clear error for an unknown study, before anything else
+    files = []
+    for option in baselines:
+        name, location = parse_baseline_option(option)
+        data, where = read_location(location)
+        read_prediction_csv(data, where)
+        files.append((name, data, where))
+    options = load_options(store, sid)
+    if resamples is not None:
+        if resamples < 100:
+            raise ConfigError(f"--resamples {resamples}: use at least 100 (1,000 is the default)")
+        options.resamples = resamples
+    known = scorer_names(store, sid, [name for name, _, _ in files])
+    architectures = {j.architecture for j in study_jobs(load_study(store, sid))}
+    for name, _, _ in files:
+        if name in architectures:
+            raise ConfigError(f"--baseline {name}=...: {name!r} names an architecture of the study; pick another name")
+    for a, b in compare:
+        for label in (a, b):
+            if label not in known:
+                raise ConfigError(
+                    f"--compare {a} {b}: no architecture, run or baseline {label!r}; known: {', '.join(known)}"
+                )
+        if a == b:
+            raise ConfigError(f"--compare {a} {b}: compare two different scorers")
+        if [a, b] not in options.compare:
+            options.compare.append([a, b])
+    keep_baselines(store, sid, files, log)
+    save_options(store, sid, options)
+    aggregate.run(sid, store, log=log, options=options)
+    return store.get_text(f"studies/{sid}/report/report.md")
