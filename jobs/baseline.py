@@ -196,7 +196,7 @@ def score_predictions(
         probs=probs,
         labels=labels,
         auroc=auroc_per_class(labels, probs),
-        f1=f1_per_class(labels, probs, thresholds),
+        f1=np.where(labels.sum(axis=0) > 0, f1_per_class(labels, probs, thresholds), np.nan),  # as for the runs
         thresholds=thresholds,
         threshold_source=source,
         split_images=len(split_names),

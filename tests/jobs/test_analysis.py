@@ -50,6 +50,9 @@ def test_the_architecture_section_reports_ensemble_intervals_and_the_validation_
         assert info["best_seed_on_validation"][c] == str(chosen)
     assert len(files["bootstrap_ci.csv"]) == 1 + 2 * 14
     assert f"| Ensemble of 2 | {ens.auroc.mean():.4f}" in text
+    spread = np.std([r.test.probs for r in runs], axis=0, ddof=1).mean()
+    assert info["per_image_probability_std_across_seeds"] == round(spread, 6) and spread > 0.1
+    assert f"std across seeds is {spread:.4f} on average" in text
     # What the figures are drawn from: each seed's Avg AUROC inside its bootstrap interval.
     assert result.seeds == [12, 22] and result.test_auroc.shape == (2, 14)
     assert result.avg_auroc == pytest.approx(result.test_auroc.mean(axis=1))

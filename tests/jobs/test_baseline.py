@@ -223,12 +223,13 @@ def test_a_class_without_positives_has_no_auroc_and_is_left_out_of_the_average()
     score = score_predictions("m", names, probs, names, labels)
     assert np.isnan(score.auroc[7]) and not np.isnan(score.auroc[np.arange(14) != 7]).any()
     assert score.avg_auroc == pytest.approx(np.mean(np.delete(score.auroc, 7)))
+    assert np.isnan(score.f1[7]) and score.avg_f1 == pytest.approx(np.mean(np.delete(score.f1, 7)))
     markdown = evaluation_markdown(score)
     assert "| Hernia               |     0     |  n/a   |" in markdown
     assert "No AUROC for Hernia: the scored rows have no positive or no negative image." in markdown
     files = evaluation_files(score)
     record = json.loads(files["evaluation.json"])
-    assert record["classes"][7] == {"class": "Hernia", "positives": 0, "auroc": None, "f1": 0.0, "threshold": 0.5}
+    assert record["classes"][7] == {"class": "Hernia", "positives": 0, "auroc": None, "f1": None, "threshold": 0.5}
     assert record["avg_auroc"] == pytest.approx(score.avg_auroc) and record["scored"] == 50
     rows = list(csv.reader(io.StringIO(files["evaluation.csv"])))
     assert rows[0] == ["Class", "Positives", "AUROC", "F1", "Threshold"]
