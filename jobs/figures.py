@@ -243,5 +243,5 @@ def avg_auroc_figure(groups: list[tuple[str, list[int], np.ndarray, np.ndarray, 
                 label="seed ensemble",
             )
         )
-    ax.legend(handles=key, loc="lower right")
+    ax.legend(handles=key, loc="best")  # wherever it hides the fewest error bars
     return _png(fig)
