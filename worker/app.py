@@ -31,12 +31,13 @@ def broker_config(settings: Settings) -> tuple[str, dict]:
     url = settings.broker_url
     if url.startswith("local://"):
         root = Path(urlparse(url).path)
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "processed", "control"):
             (root / sub).mkdir(parents=True, exist_ok=True)
         return "filesystem://", {
             "data_folder_in": str(root / "queue"),
             "data_folder_out": str(root / "queue"),
             "processed_folder": str(root / "processed"),
+            "control_folder": str(root / "control"),  # kombu's default is ./control, in the caller's folder
             "store_processed": True,  # a rename inside one folder tree: atomic, so one consumer wins
             "polling_interval": 0.5,
         }

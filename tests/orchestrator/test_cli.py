@@ -6,10 +6,12 @@ import subprocess
 import sys
 import textwrap
 
+import cv2
 import numpy as np
 import pytest
 
 from jobs.baseline import split_labels
+from jobs.figures import AVG_AUROC_SIZE, ROC_GRID_SIZE, SEED_SPREAD_SIZE
 from jobs.labels import CLASSES
 from jobs.store import open_store
 from tests.jobs.test_aggregate import sections
@@ -71,6 +73,30 @@ def test_make_synthetic_refuses_a_non_empty_folder(tmp_path):
 
 
 @pytest.mark.slow
+def test_evaluate_scores_a_predictions_file_on_the_real_split(nih_sample, tmp_path):
+    names, labels = split_labels(open_store(nih_sample), "test")
+    rng = np.random.default_rng(0)
+    probs = labels[:400] * 0.3 + rng.random((400, 14))
+    lines = ["Image Index," + ",".join(f"prob_{c}" for c in CLASSES)]
+    lines += [f"{n}," + ",".join(f"{v:.6f}" for v in p) for n, p in zip(names[:400], probs)]
+    (tmp_path / "chexnet.csv").write_text("\n".join(lines) + "\n")
+    proc = cxrstudy("evaluate", tmp_path / "chexnet.csv", "--dataset", nih_sample, "--out", tmp_path / "out")
+    assert proc.returncode == 0, proc.stderr
+    assert f"Scored on 400 of {len(names):,} test images; {len(names) - 400:,} images of the split are missing" in (
+        proc.stdout
+    )
+    from sklearn.metrics import roc_auc_score
+
+    k = CLASSES.index("Effusion")
+    expected = roc_auc_score(labels[:400, k], probs[:, k].round(6))
+    assert any(line.startswith("| Effusion ") and f"| {expected:.4f} |" in line for line in proc.stdout.splitlines())
+    assert json.loads((tmp_path / "out" / "evaluation.json").read_text())["scored"] == 400
+    (tmp_path / "bad.csv").write_text("Image Index,prob_Atelectasis\n")
+    assert_one_line_error(
+        cxrstudy("evaluate", tmp_path / "bad.csv", "--dataset", nih_sample), "bad.csv", "probability columns"
+    )
+
+
 def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
     # An external baseline that knows the labels of all but the last 5 test images (which it lacks).
     names, labels = split_labels(open_store(synthetic), "test")
@@ -161,4 +187,6 @@ def test_demo_learns_on_the_cpu(tmp_path):
     assert "### DenseNet-121 vs EfficientNet-B2 (" in report
     for figure in ("densenet121_seed_spread", "efficientnet_b2_seed_spread", "roc_curves", "avg_auroc_seeds"):
         assert f"](figures/{figure}.png)" in report
-        assert (tmp_path / "demo" / "report" / "figures" / f"{figure}.png").stat().st_size > 10_000
+        png = (tmp_path / "demo" / "report" / "figures" / f"{figure}.png").read_bytes()
+        height, width = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        assert (width, height) in {SEED_SPREAD_SIZE, ROC_GRID_SIZE, AVG_AUROC_SIZE}

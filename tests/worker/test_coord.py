@@ -61,6 +61,20 @@ def test_broker_urls():
         RedisCoord("redis://:pw@127.0.0.1:1/0").ping()
 
 
+def test_the_local_broker_keeps_all_its_folders_under_its_path(tmp_path):
+    from worker.app import broker_config
+
+    url, options = broker_config(Settings(broker_url=f"local://{tmp_path / 'broker'}"))
+    assert url == "filesystem://"
+    folders = {k: v for k, v in options.items() if k.endswith(("_in", "_out", "_folder"))}
+    assert folders == {
+        "data_folder_in": str(tmp_path / "broker" / "queue"),
+        "data_folder_out": str(tmp_path / "broker" / "queue"),
+        "processed_folder": str(tmp_path / "broker" / "processed"),
+        "control_folder": str(tmp_path / "broker" / "control"),  # not ./control in whatever folder the CLI ran
+    }
+
+
 def test_settings_from_the_environment_and_flags(monkeypatch):
     monkeypatch.setenv("CXRSTUDY_BROKER_URL", "redis://env/0")
     monkeypatch.setenv("CXRSTUDY_LEASE_TTL", "9")
