@@ -20,15 +20,16 @@ from jobs.store import Store
 from jobs.study import Study
 
 
+def read_baseline(name: str, location: str) -> tuple[str, bytes, str]:
+    """``(name, bytes, where)`` of a baseline file, read where the caller can read it; it must parse."""
+    data, where = read_location(location)
+    read_prediction_csv(data, where)
+    return name, data, where
+
+
 def read_study_baselines(study: Study) -> list[tuple[str, bytes, str]]:
-    """The study file's ``baselines:``, read where the submitter can read them, each checked to parse:
-    ``(name, bytes, where)``. Called before anything of the study is written."""
-    files = []
-    for name, location in study.baselines:
-        data, where = read_location(location)
-        read_prediction_csv(data, where)
-        files.append((name, data, where))
-    return files
+    """The study file's ``baselines:``, each read and checked before anything of the study is written."""
+    return [read_baseline(name, location) for name, location in study.baselines]
 
 
 def keep_baselines(store: Store, sid: str, files: list[tuple[str, bytes, str]], log: Callable[[str], None]) -> None:
@@ -64,12 +65,7 @@ def report(
 ) -> str:
     """Add baselines and comparisons to a study's report options, re-aggregate; returns report.md's text."""
     load_study(store, sid)  # a clear error for an unknown study, before anything else
-    files = []
-    for option in baselines:
-        name, location = parse_baseline_option(option)
-        data, where = read_location(location)
-        read_prediction_csv(data, where)
-        files.append((name, data, where))
+    files = [read_baseline(*parse_baseline_option(option)) for option in baselines]
     options = load_options(store, sid)
     if resamples is not None:
         if resamples < 100:
