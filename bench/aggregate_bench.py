@@ -130,9 +130,9 @@ def main() -> int:
     root = Path(args.dir)
     sid = make_study(root, args.runs, args.test_images, args.val_images)
 
-    env = {**os.environ, "CXRSTUDY_BOOTSTRAP_RESAMPLES": str(args.resamples)}
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "jobs.aggregate", sid, "--store", str(root)], check=True, cwd=ROOT, env=env)
+    command = [sys.executable, "-m", "jobs.aggregate", sid, "--store", str(root), "--resamples", str(args.resamples)]
+    subprocess.run(command, check=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     fast, slow = side_by_side(root, args.resamples)

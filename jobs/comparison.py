@@ -25,7 +25,7 @@ from jobs.baseline import BaselineScore
 from jobs.errors import ConfigError
 from jobs.labels import CLASSES
 from jobs.metrics import nanmean
-from jobs.predictions import Predictions, read_prediction_csv
+from jobs.predictions import Predictions
 from jobs.report import fmt, markdown_table, mean_std
 from jobs.stats import bootstrap_auroc, delong_test, holm, resample_counts
 from jobs.store import Store
@@ -74,12 +74,9 @@ def baseline_key(study_id: str, name: str) -> str:
     return f"studies/{study_id}/baselines/{name}.csv"
 
 
-def upload_baseline(store: Store, study_id: str, name: str, data: bytes, where: str) -> int:
-    """Check a baseline's CSV (the whole file parses) and keep it with the study; returns its rows."""
-    check_baseline_name(name, where)
-    names, _ = read_prediction_csv(data, where)
-    store.put_bytes(baseline_key(study_id, name), data)
-    return len(names)
+def keep_baseline(store: Store, study_id: str, name: str, data: bytes) -> None:
+    """Keep a baseline's CSV with the study (the caller has read it with ``read_prediction_csv``)."""
+    store.put_bytes(baseline_key(study_id, check_baseline_name(name, "baseline")), data)
 
 
 def stored_baselines(store: Store, study_id: str) -> dict[str, str]:
@@ -216,7 +213,8 @@ def baseline_section(
     for b in baselines:
         text.append(
             f"- **{b.name}**: scored on {len(b.names):,} of {b.split_images:,} test images ({b.missing:,} missing from "
-            f"the file; {b.extra:,} rows not in the study's test or validation split, ignored); Avg AUROC "
+            f"the file; {b.extra:,} row{'' if b.extra == 1 else 's'} in neither the study's test nor validation "
+            f"split, ignored); Avg AUROC "
             f"{fmt(b.avg_auroc)} (95% CI {fmt(ci[b.name][0])}-{fmt(ci[b.name][1])}), Avg F1 {fmt(b.avg_f1)} at "
             f"thresholds from {b.threshold_source}."
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jobs.errors import CxrStudyError, PredictionsError
+from jobs.errors import PredictionsError
 from jobs.labels import CLASSES, NUM_CLASSES
 from jobs.store import Store, open_store
 
@@ -177,9 +177,9 @@ def read_predictions(store: Store, key: str) -> Predictions:
     """A run's ``predictions_{val,test}.csv`` (as ``jobs.train`` writes it), sorted by image name."""
     text = store.get_text(key)
     header, _, body = text.partition("\n")
-    expected = ["Image Index", *(f"prob_{c}" for c in CLASSES), *(f"label_{c}" for c in CLASSES)]
+    expected = [IMAGE_COLUMN, *PROB_COLUMNS, *(f"label_{c}" for c in CLASSES)]
     if header.split(",") != expected:
-        raise CxrStudyError(f"{store.url(key)}: not a predictions file of this version (header {header[:80]!r}...)")
+        raise PredictionsError(f"{store.url(key)}: not a predictions file of this version (header {header[:80]!r}...)")
     names = [line.split(",", 1)[0] for line in body.splitlines()]
     # numpy's C parser: ~25x csv.DictReader, which matters at 100 runs x 34k images.
     values = np.loadtxt(io.StringIO(body), delimiter=",", usecols=range(1, 29), ndmin=2) if names else np.zeros((0, 28))

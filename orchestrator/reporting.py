@@ -12,30 +12,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jobs import aggregate
-from jobs.comparison import check_baseline_name, load_options, save_options, stored_baselines, upload_baseline
+from jobs.comparison import check_baseline_name, keep_baseline, load_options, save_options, stored_baselines
 from jobs.errors import ConfigError
 from jobs.predictions import read_location, read_prediction_csv
 from jobs.state import load_study, study_jobs
 from jobs.store import Store
-from jobs.study import Study
+from jobs.study import JobSpec, Study
 
 
-def read_baseline(name: str, location: str) -> tuple[str, bytes, str]:
-    """``(name, bytes, where)`` of a baseline file, read where the caller can read it; it must parse."""
+def read_baseline(name: str, location: str) -> tuple[str, bytes, str, int]:
+    """``(name, bytes, where, rows)`` of a baseline file, read where the caller can read it; it must parse."""
     data, where = read_location(location)
-    read_prediction_csv(data, where)
-    return name, data, where
+    names, _ = read_prediction_csv(data, where)
+    return name, data, where, len(names)
 
 
-def read_study_baselines(study: Study) -> list[tuple[str, bytes, str]]:
+def read_study_baselines(study: Study) -> list[tuple[str, bytes, str, int]]:
     """The study file's ``baselines:``, each read and checked before anything of the study is written."""
     return [read_baseline(name, location) for name, location in study.baselines]
 
 
-def keep_baselines(store: Store, sid: str, files: list[tuple[str, bytes, str]], log: Callable[[str], None]) -> None:
-    """Keep baseline files with the study, where every later aggregate finds them."""
-    for name, data, where in files:
-        rows = upload_baseline(store, sid, name, data, where)
+def keep_baselines(
+    store: Store, sid: str, files: list[tuple[str, bytes, str, int]], log: Callable[[str], None]
+) -> None:
+    """Keep baseline files (from :func:`read_baseline`) with the study, where every later aggregate finds them."""
+    for name, data, where, rows in files:
+        keep_baseline(store, sid, name, data)
         log(f"study {sid}: baseline {name} ({rows:,} rows of {where}) kept for the report")
 
 
@@ -47,9 +49,8 @@ def parse_baseline_option(text: str) -> tuple[str, str]:
     return check_baseline_name(name, f"--baseline {text!r}"), location
 
 
-def scorer_names(store: Store, sid: str, extra: list[str]) -> list[str]:
+def scorer_names(store: Store, sid: str, jobs: list[JobSpec], extra: list[str]) -> list[str]:
     """What ``--compare`` may name: each architecture (its seed ensemble), each run, each baseline."""
-    jobs = study_jobs(load_study(store, sid))
     names = list(dict.fromkeys(j.architecture for j in jobs))
     names += [f"{j.architecture}:{j.seed}" for j in jobs]
     return names + [n for n in [*stored_baselines(store, sid), *extra] if n not in names]
@@ -64,17 +65,16 @@ def report(
     log: Callable[[str], None] = print,
 ) -> str:
     """Add baselines and comparisons to a study's report options, re-aggregate; returns report.md's text."""
-    load_study(store, sid)  # a clear error for an unknown study, before anything else
+    jobs = study_jobs(load_study(store, sid))  # a clear error for an unknown study, before anything else
     files = [read_baseline(*parse_baseline_option(option)) for option in baselines]
     options = load_options(store, sid)
     if resamples is not None:
         if resamples < 100:
             raise ConfigError(f"--resamples {resamples}: use at least 100 (1,000 is the default)")
         options.resamples = resamples
-    known = scorer_names(store, sid, [name for name, _, _ in files])
-    architectures = {j.architecture for j in study_jobs(load_study(store, sid))}
-    for name, _, _ in files:
-        if name in architectures:
+    known = scorer_names(store, sid, jobs, [name for name, *_ in files])
+    for name, *_ in files:
+        if name in {j.architecture for j in jobs}:
             raise ConfigError(f"--baseline {name}=...: {name!r} names an architecture of the study; pick another name")
     for a, b in compare:
         for label in (a, b):

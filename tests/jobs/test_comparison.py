@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from jobs import analysis, comparison
 from jobs.baseline import score_predictions
-from jobs.errors import ConfigError, PredictionsError
+from jobs.errors import ConfigError
 from jobs.labels import CLASSES
 from jobs.predictions import Predictions
 from jobs.stats import delong_test
@@ -60,7 +60,7 @@ def test_baselines_sit_beside_the_ensembles_with_their_own_counts():
     seed_auroc = {"DenseNet-121": np.array([analysis.auroc_per_class(r.test.labels, r.test.probs) for r in runs])}
     text, files, info = comparison.baseline_section([base], [ens], seed_auroc, resamples=200)
     assert "| chexnet (200 images)" in text
-    assert "scored on 200 of 240 test images (40 missing from the file; 1 rows not in" in text
+    assert "scored on 200 of 240 test images (40 missing from the file; 1 row in neither" in text
     rows = {(r[0], r[1]): r for r in files["baselines.csv"][1:]}
     for k, c in enumerate(CLASSES):
         assert rows[("chexnet", c)][5] == pytest.approx(roc_auc_score(test.labels[:200, k], probs[:200, k]), abs=1e-12)
@@ -77,10 +77,9 @@ def test_options_and_baselines_are_kept_with_the_study(tmp_path):
     assert comparison.load_options(store, "s-1") == comparison.ReportOptions(500, [["densenet121", "chexnet"]])
     header = "Image Index," + ",".join(f"prob_{c}" for c in CLASSES)
     good = (header + "\nx.png," + ",".join(["0.5"] * 14) + "\n").encode()
-    assert comparison.upload_baseline(store, "s-1", "chexnet", good, "chexnet.csv") == 1
+    comparison.keep_baseline(store, "s-1", "chexnet", good)
     assert comparison.stored_baselines(store, "s-1") == {"chexnet": "studies/s-1/baselines/chexnet.csv"}
-    with pytest.raises(PredictionsError, match="bad.csv"):
-        comparison.upload_baseline(store, "s-1", "bad", header.encode(), "bad.csv")
+    assert store.get_bytes("studies/s-1/baselines/chexnet.csv") == good
     with pytest.raises(ConfigError, match="letters, digits"):
-        comparison.upload_baseline(store, "s-1", "no/slash", good, "x.csv")
-    assert list(comparison.stored_baselines(store, "s-1")) == ["chexnet"]  # nothing half-written
+        comparison.keep_baseline(store, "s-1", "no/slash", good)
+    assert list(comparison.stored_baselines(store, "s-1")) == ["chexnet"]

@@ -67,7 +67,7 @@ def test_report_adds_baselines_comparisons_and_figures_and_keeps_them(study):
     md = report("rep-1", store, [f"chexnet={tmp_path / 'chexnet.csv'}"], [["densenet121:1", "chexnet"]], 200)
     assert "## Comparison With External Baselines" in md
     assert "| chexnet (250 images)" in md
-    assert "scored on 250 of 300 test images (50 missing from the file; 5 rows not in the study's test" in md
+    assert "scored on 250 of 300 test images (50 missing from the file; 5 rows in neither the study's test" in md
     assert "thresholds from validation (30 images in the file)" in md
     assert "### chexnet vs DenseNet-121 (250 test images)" in md
     assert "### chexnet vs EfficientNet-B2 (250 test images)" in md
