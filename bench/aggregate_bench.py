@@ -31,20 +31,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs.labels import CLASSES  # noqa: E402
+from jobs.data.labels import CLASSES  # noqa: E402
+from jobs.scoring.predictions import predictions_csv  # noqa: E402
+from jobs.spec.study import expand, parse_study  # noqa: E402
 from jobs.store import LocalStore  # noqa: E402
-from jobs.study import expand, parse_study  # noqa: E402
-from orchestrator.local import write_study  # noqa: E402
+from jobs.store.records import write_study  # noqa: E402
 
 # NIH's test split prevalence per class (test_list.txt, in CLASSES order), rounded.
 PREVALENCE = [0.119, 0.042, 0.073, 0.036, 0.181, 0.043, 0.017, 0.003, 0.236, 0.068, 0.059, 0.045, 0.022, 0.105]
-
-
-def predictions_csv(names: list[str], probs: np.ndarray, labels: np.ndarray) -> str:
-    header = ",".join(["Image Index", *(f"prob_{c}" for c in CLASSES), *(f"label_{c}" for c in CLASSES)])
-    cells = np.char.mod("%.6f", probs)
-    rows = [",".join([n, *p, *map(str, y)]) for n, p, y in zip(names, cells, labels.tolist())]
-    return header + "\n" + "\n".join(rows) + "\n"
 
 
 def make_study(root: Path, runs: int, n_test: int, n_val: int) -> str:
@@ -63,7 +57,7 @@ def make_study(root: Path, runs: int, n_test: int, n_val: int) -> str:
         }
     )
     jobs = expand(study, "bench-1", "datasets/nih/bench")
-    write_study(store, study, "bench-1", "datasets/nih/bench", jobs)
+    write_study(store, study.spec(), "bench-1", "datasets/nih/bench", jobs)
     rng = np.random.default_rng(0)
     split = {}
     for name, n in (("test", n_test), ("val", n_val)):
@@ -82,7 +76,7 @@ def make_study(root: Path, runs: int, n_test: int, n_val: int) -> str:
         for name, (names, labels, effect) in split.items():
             logit = -3.0 + 1.6 * labels + 0.7 * effect + 0.6 * r.normal(size=labels.shape)
             probs = 1.0 / (1.0 + np.exp(-logit))
-            store.put_text(f"{job.prefix}/predictions_{name}.csv", predictions_csv(names, probs, labels))
+            store.put_text(job.keys.predictions(name), predictions_csv(names, probs, labels))
             auroc = {c: 0.8 for c in CLASSES}  # the aggregate re-scores from the predictions where it needs to
             result[name] = {
                 "images": len(names),
@@ -92,7 +86,7 @@ def make_study(root: Path, runs: int, n_test: int, n_val: int) -> str:
                 "auroc": auroc,
                 "f1": dict.fromkeys(CLASSES, 0.3),
             }
-        store.put_text(f"{job.prefix}/result.json", json.dumps(result))
+        store.put_text(job.keys.result, json.dumps(result))
         print(f"bench: wrote run {i}/{len(jobs)}", end="\r", flush=True)
     print()
     stamp.write_text(json.dumps(params))
@@ -101,8 +95,8 @@ def make_study(root: Path, runs: int, n_test: int, n_val: int) -> str:
 
 def side_by_side(root: Path, resamples: int) -> tuple[float, float]:
     """Seconds of the compiled bootstrap and of the numpy reference on one run's test predictions."""
-    from jobs.predictions import read_predictions
-    from jobs.stats import bootstrap_auroc, bootstrap_auroc_reference, resample_counts
+    from jobs.scoring.bootstrap import bootstrap_auroc, bootstrap_auroc_reference, resample_counts
+    from jobs.scoring.predictions import read_predictions
 
     store = LocalStore(root)
     key = next(k.key for k in store.list("studies/bench-1/jobs") if k.key.endswith("predictions_test.csv"))

@@ -18,23 +18,41 @@ from pathlib import Path
 
 from jobs.errors import CxrStudyError
 
+# The modules of the training stack: the `train` extra (`pip install 'cxrstudy[train]'`) installs them.
+TRAINING_STACK = ("torch", "torchvision", "timm", "cv2")
+
 
 def log(message: str) -> None:
     print(message, flush=True)
 
 
+def needs_training_stack(command: str) -> None:
+    """A one-line error when a command that trains or preprocesses runs in a client-only install."""
+    import importlib.util
+
+    missing = [m for m in TRAINING_STACK if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CxrStudyError(
+            f"`cxrstudy {command}` needs the training stack ({', '.join(missing)} not installed): "
+            "pip install 'cxrstudy[train]' (the client commands submit, status, results, ... work without it)"
+        )
+
+
 def cmd_make_synthetic(args) -> None:
-    from jobs.synthetic import make_synthetic
+    needs_training_stack("make-synthetic")
+    from jobs.data.synthetic import make_synthetic
 
     out = make_synthetic(args.dir, images=args.images, size=args.size, seed=args.seed, progress=log)
     log(f"make-synthetic: wrote an NIH-format dataset of {args.images:,} images ({args.size}px) to {out}")
 
 
 def cmd_prepare(args) -> None:
+    needs_training_stack("prepare")
     from jobs import prepare
+    from jobs.spec.configs import PrepConfig
     from jobs.store import open_store
 
-    config = prepare.PrepConfig(
+    config = PrepConfig(
         image_size=args.image_size,
         clip_limit=args.clip_limit,
         tile_grid=args.tile_grid,
@@ -49,23 +67,26 @@ def cmd_prepare(args) -> None:
 
 
 def _load(args):
-    from jobs.study import load_study
+    from jobs.spec.study import load_study_file
 
-    study = load_study(args.study)
+    study = load_study_file(args.study)
     if getattr(args, "dataset", None):
         study = dataclasses.replace(study, dataset=args.dataset)
     return study
 
 
 def cmd_run(args) -> None:
-    from jobs.store import open_store
+    needs_training_stack("run")
+    from jobs.store import layout, open_store
     from orchestrator.local import run_study
 
     study = _load(args)
     store = open_store(args.store)
-    sid, report = run_study(study, store, log=log)
+    sid, report, failed = run_study(study, store, log=log)
     log(f"study {sid} done: {report}")
-    print(store.get_text(f"studies/{sid}/report/report.md"))
+    print(store.get_text(layout.report_key(sid, "report.md")))
+    if failed:
+        raise CxrStudyError(f"study {sid}: {failed} run(s) failed; the report lists them with their errors")
 
 
 def cmd_aggregate(args) -> None:
@@ -132,7 +153,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from jobs.baseline import evaluate, evaluation_markdown
+    from jobs.report.baselines import evaluate, evaluation_markdown
 
     score = evaluate(
         args.predictions,
@@ -167,6 +188,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_worker(args) -> None:
+    needs_training_stack("worker")
     from orchestrator import distributed
 
     settings = _settings(args).need("broker_url", "store")
@@ -176,10 +198,11 @@ def cmd_worker(args) -> None:
 
 
 def cmd_demo(args) -> None:
+    needs_training_stack("demo")
     import yaml
 
-    from jobs.study import parse_study
-    from jobs.synthetic import make_synthetic
+    from jobs.data.synthetic import make_synthetic
+    from jobs.spec.study import parse_study
     from orchestrator import distributed
 
     out = Path(args.out).resolve()

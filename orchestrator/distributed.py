@@ -16,13 +16,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jobs import prepare
+from jobs.data.manifest import manifest_exists
 from jobs.errors import CxrStudyError, StoreError
-from jobs.state import TERMINAL, cancel_key, load_study, study_jobs, study_states
-from jobs.store import Store, open_store
-from jobs.study import Study, expand, study_id
-from orchestrator.local import write_study
-from orchestrator.reporting import keep_baselines, read_study_baselines
+from jobs.spec.study import Study
+from jobs.store import Store, layout, open_store
+from jobs.store.records import (
+    TERMINAL,
+    clear_ending,
+    read_json,
+    read_study,
+    study_ids,
+    study_jobs,
+    study_states,
+    utc_timestamp,
+)
+from orchestrator.submission import register
 from worker.app import make_app
 from worker.coord import open_coord
 from worker.settings import Settings
@@ -35,7 +43,7 @@ def connect(settings: Settings) -> tuple[Store, object]:
     coord.ping()
     store = open_store(settings.store)
     try:
-        store.exists("studies/.probe")
+        store.exists(layout.study_key(".probe"))
     except StoreError:
         raise
     except Exception as exc:
@@ -46,19 +54,15 @@ def connect(settings: Settings) -> tuple[Store, object]:
 def submit(study: Study, settings: Settings, log: Callable[[str], None] = print) -> str:
     """Validate, expand, write study.json, enqueue. Returns the study id."""
     store, _ = connect(settings)
-    baselines = read_study_baselines(study)  # a bad baseline file fails here, before anything is written
-    _, data_prefix = prepare.plan(study.dataset, study.preprocessing, study.dataset_id, log=log)
-    sid = study_id(study, data_prefix.rsplit("/", 1)[-1])
-    jobs = expand(study, sid, data_prefix)
-    keep_baselines(store, sid, baselines, log)
-    write_study(store, study, sid, data_prefix, jobs)
-    if store.exists(cancel_key(sid)):
-        store.delete(cancel_key(sid))
+    registered = register(study, store, log)
+    sid, jobs = registered.study_id, registered.jobs
+    if store.exists(layout.cancel_key(sid)):
+        store.delete(layout.cancel_key(sid))
     app = make_app(settings)
-    if store.exists(f"{data_prefix}/manifest.json"):
+    if manifest_exists(store, registered.data_prefix):
         from worker.tasks import enqueue_train
 
-        pending = [j.job_id for j in jobs if not store.exists(f"{j.prefix}/result.json")]
+        pending = [j.job_id for j in jobs if not store.exists(j.keys.result)]
         enqueue_train(app, sid, pending)
         log(f"study {sid}: shards exist; {len(pending)} of {len(jobs)} runs enqueued on the gpu queue")
     else:
@@ -133,7 +137,7 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
 def status(sid: str, settings: Settings, as_json: bool = False) -> str:
     store, coord = connect(settings)
     doc, rows = status_rows(store, sid, settings.stale_after)
-    report = store.exists(f"studies/{sid}/report/report.md")
+    report = store.exists(layout.report_key(sid, "report.md"))
     depths = coord.queue_depths()
     if as_json:
         return json.dumps(
@@ -144,13 +148,13 @@ def status(sid: str, settings: Settings, as_json: bool = False) -> str:
 
 def report_ready(store: Store, sid: str, stale_after: float) -> bool:
     """The report exists and was written after every run ended."""
-    key = f"studies/{sid}/report/report.json"
-    if not store.exists(key):
+    report = read_json(store, layout.report_key(sid, "report.json"))
+    if report is None:
         return False
     _, states = study_states(store, sid, stale_after)
     if any(s.state not in TERMINAL for s in states):
         return False
-    reported = {r["job_id"]: r["status"] for r in json.loads(store.get_text(key))["runs"]}
+    reported = {r["job_id"]: r["status"] for r in report["runs"]}
     return all(reported.get(s.job.job_id) == s.state for s in states)
 
 
@@ -194,15 +198,16 @@ def wait(
 
 def results(sid: str, settings: Settings, out: str | None) -> str:
     store = open_store(settings.need("store").store)
-    load_study(store, sid)
-    key = f"studies/{sid}/report/report.md"
+    read_study(store, sid)
+    key = layout.report_key(sid, "report.md")
     if not store.exists(key):
         raise CxrStudyError(f"study {sid} has no report yet; `cxrstudy status {sid}` shows its runs")
     if out:
         dest = Path(out)
         dest.mkdir(parents=True, exist_ok=True)
-        for obj in store.list(f"studies/{sid}/report/"):
-            rel = obj.key[len(f"studies/{sid}/report/") :]
+        prefix = layout.report_prefix(sid)
+        for obj in store.list(prefix):
+            rel = obj.key[len(prefix) :]
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             (dest / rel).write_bytes(store.get_bytes(obj.key))
     return store.get_text(key)
@@ -210,28 +215,26 @@ def results(sid: str, settings: Settings, out: str | None) -> str:
 
 def cancel(sid: str, settings: Settings) -> str:
     store, _ = connect(settings)
-    load_study(store, sid)
-    store.put_text(cancel_key(sid), json.dumps({"cancelled": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}))
+    read_study(store, sid)
+    store.put_text(layout.cancel_key(sid), json.dumps({"cancelled": utc_timestamp()}))
     return f"study {sid}: cancel requested; running runs stop within one epoch, queued runs will not start"
 
 
 def resume(sid: str, settings: Settings) -> str:
     """Enqueue again every run without result.json (failed and cancelled ones too)."""
     store, coord = connect(settings)
-    doc = load_study(store, sid)
-    if store.exists(cancel_key(sid)):
-        store.delete(cancel_key(sid))
+    doc = read_study(store, sid)
+    if store.exists(layout.cancel_key(sid)):
+        store.delete(layout.cancel_key(sid))
     app = make_app(settings)
-    if not store.exists(f"{doc['data_prefix']}/manifest.json"):
+    if not manifest_exists(store, doc["data_prefix"]):
         app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
         return f"study {sid}: no shards yet; prepare enqueued again"
     pending = []
     for job in study_jobs(doc):
-        if store.exists(f"{job.prefix}/result.json"):
+        if store.exists(job.keys.result):
             continue
-        for name in ("error.json", "cancelled.json"):
-            if store.exists(f"{job.prefix}/{name}"):
-                store.delete(f"{job.prefix}/{name}")
+        clear_ending(store, job)
         coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
         pending.append(job.job_id)
     from worker.tasks import enqueue_train, maybe_aggregate
@@ -239,7 +242,7 @@ def resume(sid: str, settings: Settings) -> str:
     enqueue_train(app, sid, pending)
     if not pending:
         maybe_aggregate(app, store, coord, sid, settings.stale_after)
-        if not store.exists(f"studies/{sid}/report/report.md"):
+        if not store.exists(layout.report_key(sid, "report.md")):
             app.send_task("cxrstudy.aggregate", kwargs={"study_id": sid}, queue="cpu")
         return f"study {sid}: every run has a result; nothing to resume"
     return f"study {sid}: {len(pending)} runs enqueued again"
@@ -247,16 +250,16 @@ def resume(sid: str, settings: Settings) -> str:
 
 def list_studies(settings: Settings) -> str:
     store = open_store(settings.need("store").store)
-    ids = sorted({o.key.split("/")[1] for o in store.list("studies/") if o.key.endswith("/study.json")})
+    ids = study_ids(store)
     if not ids:
-        return f"no studies in {store.url('studies')}"
+        return f"no studies in {store.url(layout.STUDIES)}"
     lines = []
     for sid in ids:
         doc, states = study_states(store, sid, settings.stale_after)
         counts = {}
         for s in states:
             counts[s.state] = counts.get(s.state, 0) + 1
-        report = "report" if store.exists(f"studies/{sid}/report/report.md") else ""
+        report = "report" if store.exists(layout.report_key(sid, "report.md")) else ""
         lines.append(
             f"{sid}  {doc['submitted']}  {', '.join(f'{n} {k}' for k, n in counts.items())}  {report}".rstrip()
         )

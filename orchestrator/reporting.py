@@ -12,33 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from jobs import aggregate
-from jobs.comparison import check_baseline_name, keep_baseline, load_options, save_options, stored_baselines
 from jobs.errors import ConfigError
-from jobs.predictions import read_location, read_prediction_csv
-from jobs.state import load_study, study_jobs
-from jobs.store import Store
-from jobs.study import JobSpec, Study
-
-
-def read_baseline(name: str, location: str) -> tuple[str, bytes, str, int]:
-    """``(name, bytes, where, rows)`` of a baseline file, read where the caller can read it; it must parse."""
-    data, where = read_location(location)
-    names, _ = read_prediction_csv(data, where)
-    return name, data, where, len(names)
-
-
-def read_study_baselines(study: Study) -> list[tuple[str, bytes, str, int]]:
-    """The study file's ``baselines:``, each read and checked before anything of the study is written."""
-    return [read_baseline(name, location) for name, location in study.baselines]
-
-
-def keep_baselines(
-    store: Store, sid: str, files: list[tuple[str, bytes, str, int]], log: Callable[[str], None]
-) -> None:
-    """Keep baseline files (from :func:`read_baseline`) with the study, where every later aggregate finds them."""
-    for name, data, where, rows in files:
-        keep_baseline(store, sid, name, data)
-        log(f"study {sid}: baseline {name} ({rows:,} rows of {where}) kept for the report")
+from jobs.report.options import check_baseline_name, load_options, save_options, stored_baselines
+from jobs.spec.runs import JobSpec
+from jobs.store import Store, layout
+from jobs.store.records import read_study, study_jobs
+from orchestrator.submission import keep_baselines, read_baseline
 
 
 def parse_baseline_option(text: str) -> tuple[str, str]:
@@ -65,7 +44,7 @@ def report(
     log: Callable[[str], None] = print,
 ) -> str:
     """Add baselines and comparisons to a study's report options, re-aggregate; returns report.md's text."""
-    jobs = study_jobs(load_study(store, sid))  # a clear error for an unknown study, before anything else
+    jobs = study_jobs(read_study(store, sid))  # a clear error for an unknown study, before anything else
     files = [read_baseline(*parse_baseline_option(option)) for option in baselines]
     options = load_options(store, sid)
     if resamples is not None:
@@ -89,4 +68,4 @@ def report(
     keep_baselines(store, sid, files, log)
     save_options(store, sid, options)
     aggregate.run(sid, store, log=log, options=options)
-    return store.get_text(f"studies/{sid}/report/report.md")
+    return store.get_text(layout.report_key(sid, "report.md"))

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.prepare import PrepConfig
+from jobs.data.synthetic import make_synthetic
+from jobs.spec.configs import PrepConfig
 from jobs.store import LocalStore
-from jobs.synthetic import make_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 NIH_SAMPLE = (ROOT / ".." / "shared" / "data" / "nih-sample").resolve()

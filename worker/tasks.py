@@ -32,21 +32,26 @@ from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from jobs.errors import CxrStudyError
-from jobs.store import open_store
+from jobs.store import layout, open_store
+from jobs.store.records import (
+    TERMINAL,
+    read_json,
+    read_study,
+    run_state,
+    study_jobs,
+    write_cancelled,
+    write_error,
+)
 from worker.coord import open_coord
 
-# The worker's parent process imports this module: it must not import torch (jobs.study and
-# everything past it do), so the job modules are imported inside the tasks, in the pool's child.
+# The worker's parent process imports this module: it must not import torch, so ``jobs.train`` and
+# ``jobs.aggregate`` are imported inside the tasks, in the pool's child.
 
 log_ = get_task_logger("cxrstudy")
 
 
 def _log(message: str) -> None:
     log_.info(message)
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _context():
@@ -65,9 +70,7 @@ def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> boo
     The claim key carries a digest of the runs' end states: the same ending aggregates once however
     many workers see it; a later ending (``resume`` re-ran failed runs) aggregates again.
     """
-    from jobs.state import TERMINAL, load_study, run_state, study_jobs
-
-    doc = load_study(store, study_id)
+    doc = read_study(store, study_id)
     states = [run_state(store, j, stale_after) for j in study_jobs(doc)]
     if any(s.state not in TERMINAL for s in states):
         return False
@@ -110,10 +113,8 @@ def _run_prepare(spec: dict, store_uri: str) -> str:
 
 @shared_task(name="cxrstudy.prepare", bind=True)
 def prepare_task(self, study_id: str) -> None:
-    from jobs.state import TERMINAL, load_study, run_state, study_jobs
-
     settings, store, coord = _context()
-    doc = load_study(store, study_id)
+    doc = read_study(store, study_id)
     try:
         prefix = _run_prepare(doc["spec"], settings.store)
         if prefix != doc["data_prefix"]:
@@ -122,10 +123,9 @@ def prepare_task(self, study_id: str) -> None:
                 "submit the study again"
             )
     except Exception as exc:  # every run depends on the shards: record the failure on each, report it
-        error = {"status": "failed", "final": True, "stage": "prepare", "error": f"{type(exc).__name__}: {exc}"}
         for job in study_jobs(doc):
-            if not store.exists(f"{job.prefix}/result.json"):
-                store.put_text(f"{job.prefix}/error.json", json.dumps(error, indent=2))
+            if not store.exists(job.keys.result):
+                write_error(store, job, f"{type(exc).__name__}: {exc}", final=True, stage="prepare")
         _log(f"{study_id}: prepare failed: {exc}")
         maybe_aggregate(self.app, store, coord, study_id, settings.stale_after)
         return
@@ -204,8 +204,8 @@ class Monitor:
                 return
             self._last_write = now
             self.progress.update(fields, updated=now)
-            self.store.put_text(f"{self.job.prefix}/progress.json", json.dumps(self.progress))
-        if self.reason is None and self.store.exists(f"studies/{self.job.study_id}/cancel.json"):
+            self.store.put_text(self.job.keys.progress, json.dumps(self.progress))
+        if self.reason is None and self.store.exists(layout.cancel_key(self.job.study_id)):
             self.reason = "cancel"
 
     def on_step(self, p: dict) -> str | None:
@@ -220,11 +220,9 @@ class Monitor:
 
 @shared_task(name="cxrstudy.train", bind=True)
 def train_task(self, study_id: str, job_id: str) -> None:
-    from jobs.state import TERMINAL, cancel_key, load_study, run_state, study_jobs
-
     settings, store, coord = _context()
     coord.extend_visibility(self.request.id)  # first thing: child start-up can take seconds
-    doc = load_study(store, study_id)
+    doc = read_study(store, study_id)
     job = next((j for j in study_jobs(doc) if j.job_id == job_id), None)
     if job is None:
         raise CxrStudyError(f"study {study_id} has no job {job_id!r}")
@@ -234,8 +232,8 @@ def train_task(self, study_id: str, job_id: str) -> None:
         if state.state in TERMINAL:
             _log(f"{job_id}: already {state.state}; nothing to do")
             return
-        if store.exists(cancel_key(study_id)):
-            store.put_text(f"{job.prefix}/cancelled.json", json.dumps({"status": "cancelled", "at": _now()}))
+        if store.exists(layout.cancel_key(study_id)):
+            write_cancelled(store, job)
             _log(f"{job_id}: study cancelled; not started")
             return
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -253,21 +251,17 @@ def train_task(self, study_id: str, job_id: str) -> None:
 
 def _train(task, settings, store, coord, job, owner) -> None:
     attempt = coord.attempts(job.job_id, 1)
-    error_key = f"{job.prefix}/error.json"
     if attempt > settings.max_attempts:
-        last = json.loads(store.get_text(error_key)) if store.exists(error_key) else {}
-        store.put_text(
-            error_key,
-            json.dumps(
-                {
-                    **last,
-                    "status": "failed",
-                    "final": True,
-                    "attempts": attempt - 1,
-                    "error": last.get("error", "the worker died on every attempt (killed, out of memory?)"),
-                },
-                indent=2,
-            ),
+        last = read_json(store, job.keys.error) or {}
+        write_error(
+            store,
+            job,
+            last.get("error", "the worker died on every attempt (killed, out of memory?)"),
+            final=True,
+            attempts=attempt - 1,
+            max_attempts=settings.max_attempts,
+            traceback=last.get("traceback"),
+            worker=last.get("worker"),
         )
         _log(f"{job.job_id}: failed after {attempt - 1} attempts; recorded as failed")
         return
@@ -279,21 +273,15 @@ def _train(task, settings, store, coord, job, owner) -> None:
             result = train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch)
     except Exception as exc:
         final = attempt >= settings.max_attempts
-        store.put_text(
-            error_key,
-            json.dumps(
-                {
-                    "status": "failed",
-                    "final": final,
-                    "attempts": attempt,
-                    "max_attempts": settings.max_attempts,
-                    "error": f"{type(exc).__name__}: {exc}",
-                    "traceback": traceback.format_exc(),
-                    "worker": owner,
-                    "at": _now(),
-                },
-                indent=2,
-            ),
+        write_error(
+            store,
+            job,
+            f"{type(exc).__name__}: {exc}",
+            final=final,
+            attempts=attempt,
+            max_attempts=settings.max_attempts,
+            traceback=traceback.format_exc(),
+            worker=owner,
         )
         _log(f"{job.job_id}: attempt {attempt} failed: {type(exc).__name__}: {exc}")
         if not final:
@@ -303,7 +291,7 @@ def _train(task, settings, store, coord, job, owner) -> None:
     if result is not None:
         return
     if monitor.reason == "cancel":
-        store.put_text(f"{job.prefix}/cancelled.json", json.dumps({"status": "cancelled", "at": _now()}))
+        write_cancelled(store, job)
         _log(f"{job.job_id}: cancelled")
     elif monitor.reason == "sigterm":
         coord.attempts(job.job_id, -1)  # an eviction is not a failure

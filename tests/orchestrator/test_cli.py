@@ -10,11 +10,11 @@ import cv2
 import numpy as np
 import pytest
 
-from jobs.baseline import split_labels
-from jobs.figures import AVG_AUROC_SIZE, ROC_GRID_SIZE, SEED_SPREAD_SIZE
-from jobs.labels import CLASSES
+from jobs.data.labels import CLASSES
+from jobs.data.nih import split_labels
+from jobs.report.figures import AVG_AUROC_SIZE, ROC_GRID_SIZE, SEED_SPREAD_SIZE
 from jobs.store import open_store
-from tests.jobs.test_aggregate import sections
+from tests.jobs.report.test_aggregate import sections
 
 
 def cxrstudy(*args, cwd=None):

@@ -9,24 +9,27 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jobs import aggregate, figures
+from jobs import aggregate
+from jobs.data.labels import CLASSES
 from jobs.errors import ConfigError, PredictionsError
-from jobs.labels import CLASSES
+from jobs.report import figures
+from jobs.scoring.predictions import predictions_csv
+from jobs.spec.study import expand, parse_study
 from jobs.store import LocalStore
-from jobs.study import expand, parse_study
-from orchestrator.local import write_study
+from jobs.store.records import write_study
 from orchestrator.reporting import report
 from tests.orchestrator.test_cli import assert_one_line_error, cxrstudy
 
 HEADER = ["Image Index", *(f"prob_{c}" for c in CLASSES)]
 
 
-def predictions_csv(names, probs, labels=None) -> str:
+def baseline_csv(names, probs) -> str:
+    """Another system's predictions: ``Image Index`` and ``prob_<Class>`` only."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(HEADER + ([f"label_{c}" for c in CLASSES] if labels is not None else []))
+    w.writerow(HEADER)
     for i, name in enumerate(names):
-        w.writerow([name, *(f"{v:.6f}" for v in probs[i]), *([] if labels is None else labels[i].tolist())])
+        w.writerow([name, *(f"{v:.6f}" for v in probs[i])])
     return out.getvalue()
 
 
@@ -36,7 +39,7 @@ def study(tmp_path):
     store = LocalStore(tmp_path / "store")
     spec = parse_study({"name": "rep", "dataset": "/d", "runs": {"densenet121": [1, 2], "efficientnet_b2": [1, 2]}})
     jobs = expand(spec, "rep-1", "datasets/d/x")
-    write_study(store, spec, "rep-1", "datasets/d/x", jobs)
+    write_study(store, spec.spec(), "rep-1", "datasets/d/x", jobs)
     rng = np.random.default_rng(0)
     split = {}
     for name, n in (("test", 300), ("val", 150)):
@@ -47,18 +50,18 @@ def study(tmp_path):
         result = {"status": "succeeded", "seed": job.seed, "best_epoch": 1}
         for name, (names, labels) in split.items():
             probs = 1 / (1 + np.exp(-(labels * 1.5 - 2 + r.normal(size=labels.shape))))
-            store.put_text(f"{job.prefix}/predictions_{name}.csv", predictions_csv(names, probs, labels))
+            store.put_text(job.keys.predictions(name), predictions_csv(names, probs, labels))
             auroc = {c: roc_auc_score(labels[:, k], probs[:, k]) for k, c in enumerate(CLASSES)}
             result[name] = {"images": len(names), "loss": 0.1, "avg_auroc": 0.7, "avg_f1": 0.3, "auroc": auroc}
         result["test"]["f1"] = dict.fromkeys(CLASSES, 0.3)
-        store.put_text(f"{job.prefix}/result.json", json.dumps(result))
+        store.put_text(job.keys.result, json.dumps(result))
     # A baseline that scored 250 of the 300 test images, 30 validation images, and 5 images of nowhere.
     names, labels = split["test"]
     vnames, vlabels = split["val"]
     rows = names[:250] + vnames[:30] + [f"other{i}.png" for i in range(5)]
     probs = np.vstack([labels[:250] * 0.4 + rng.random((250, 14)), vlabels[:30] * 0.4 + rng.random((30, 14))])
     probs = np.vstack([probs, rng.random((5, 14))])
-    (tmp_path / "chexnet.csv").write_text(predictions_csv(rows, probs))
+    (tmp_path / "chexnet.csv").write_text(baseline_csv(rows, probs))
     return store, tmp_path, split, probs
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from jobs.study import JobSpec
+from jobs.spec.study import JobSpec
 from tests.worker.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ def jobs_of(store, sid) -> list[JobSpec]:
 
 
 def epochs_logged(store, job) -> list[int]:
-    key = f"{job.prefix}/metrics.jsonl"
+    key = job.keys.metrics
     return [json.loads(x)["epoch"] for x in store.get_text(key).splitlines()] if store.exists(key) else []
 
 
@@ -75,7 +75,7 @@ def test_sigkill_of_a_worker_mid_run_resumes_on_the_other_from_its_checkpoint(cl
     survivor = "b" if victim == "a" else "a"
     cluster.wait_for(lambda: cluster.report_done(sid), what="the report after the kill")
 
-    assert store.exists(f"{job.prefix}/result.json")
+    assert store.exists(job.keys.result)
     assert epochs_logged(store, job) == list(range(1, 9))  # every epoch once in the final log
     resumed = [ln for ln in cluster.log(survivor).splitlines() if "resuming from checkpoints/last.pt" in ln]
     assert len(resumed) == 1
@@ -92,18 +92,16 @@ def test_redis_flushed_mid_study_resume_completes_without_rerunning_finished_run
     sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1, 2, 3]\n", epochs=4))
     store = cluster.store()
     jobs = jobs_of(store, sid)
-    cluster.wait_for(lambda: store.exists(f"{jobs[0].prefix}/result.json"), what="the first run")
+    cluster.wait_for(lambda: store.exists(jobs[0].keys.result), what="the first run")
     cluster.redis.flushall()
-    finished = {
-        j.job_id: store.get_bytes(f"{j.prefix}/result.json") for j in jobs if store.exists(f"{j.prefix}/result.json")
-    }
+    finished = {j.job_id: store.get_bytes(j.keys.result) for j in jobs if store.exists(j.keys.result)}
     proc = cluster.cli("resume", sid)
     assert proc.returncode == 0, proc.stderr
     cluster.wait_for(lambda: cluster.report_done(sid), what="the report after resume")
     for job_id, before in finished.items():
         job = next(j for j in jobs if j.job_id == job_id)
-        assert store.get_bytes(f"{job.prefix}/result.json") == before  # not trained again
-    assert all(store.exists(f"{j.prefix}/result.json") for j in jobs)
+        assert store.get_bytes(job.keys.result) == before  # not trained again
+    assert all(store.exists(j.keys.result) for j in jobs)
     assert [r["state"] for r in cluster.status(sid)["runs"]] == ["succeeded"] * 3
     listing = cluster.cli("list")
     assert listing.returncode == 0 and f"{sid}  " in listing.stdout and "3 succeeded  report" in listing.stdout
@@ -122,7 +120,7 @@ def test_cancel_stops_the_running_run_within_an_epoch_and_queued_runs_never_star
     assert [r["state"] for r in cluster.status(sid)["runs"]] == ["cancelled"] * 3
     assert len(epochs_logged(store, jobs[0])) <= at_cancel + 1
     for job in jobs[1:]:
-        assert not store.exists(f"{job.prefix}/metrics.jsonl")  # never started
+        assert not store.exists(job.keys.metrics)  # never started
     report = store.get_text(f"studies/{sid}/report/report.md")
     assert "3 of 3 runs have no test result" in report and report.count("| cancelled |") == 3
 
@@ -134,10 +132,10 @@ def test_a_job_that_always_fails_is_retried_then_recorded_and_the_study_still_re
     cluster.wait_for(lambda: cluster.report_done(sid), what="the report")
     store = cluster.store()
     good, bad = jobs_of(store, sid)
-    error = json.loads(store.get_text(f"{bad.prefix}/error.json"))
+    error = json.loads(store.get_text(bad.keys.error))
     assert error["final"] and error["attempts"] == 2 and "absent.pt" in error["error"]
     assert [e["event"] for e in lease_events(cluster, bad.job_id)] == ["acquire", "release"] * 2
-    assert store.exists(f"{good.prefix}/result.json")
+    assert store.exists(good.keys.result)
     report = store.get_text(f"studies/{sid}/report/report.md")
     assert "1 of 2 runs have no test result" in report and f"`{bad.job_id}`" in report
     status = cluster.cli("status", sid)
@@ -156,7 +154,7 @@ def test_sigterm_checkpoints_inside_the_epoch_requeues_and_exits_within_the_grac
     cluster.workers["a"].wait(timeout=60)
     assert time.monotonic() - started < 20  # CXRSTUDY_SIGTERM_GRACE
     assert "checkpoint saved at epoch" in cluster.log("a")
-    assert not store.exists(f"{job.prefix}/result.json")
+    assert not store.exists(job.keys.result)
     cluster.start_worker("b")
     cluster.wait_for(lambda: cluster.report_done(sid), what="the report after the eviction")
     resumed = [ln for ln in cluster.log("b").splitlines() if "resuming from checkpoints/last.pt" in ln]

@@ -1,0 +1,140 @@
+"""The report after the reference's sections: what none of the peers give for a seed study.
+
+Per architecture (``jobs.report.seeds``): per-class mean +/- std over seeds, the seed ensemble, bootstrap
+95% intervals, the best seed chosen on validation. Across scorers (``jobs.report.comparison``): paired
+DeLong tests between the architectures' ensembles, external baselines, and the pairs a user asked
+for. Figures (``jobs.report.figures``) under ``report/figures/``. Everything is computed from the runs'
+stored per-image predictions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from jobs.errors import CxrStudyError
+from jobs.report import comparison, figures, seeds
+from jobs.report.baselines import BaselineScore, score_predictions
+from jobs.report.options import ReportOptions, stored_baselines
+from jobs.report.tables import display_name
+from jobs.scoring.bootstrap import resample_counts
+from jobs.scoring.metrics import nanmean
+from jobs.scoring.predictions import Predictions, read_prediction_csv
+from jobs.store import Store
+
+
+def beyond_reference(
+    study_id: str,
+    store: Store,
+    inputs: list[tuple[str, list[seeds.RunPredictions]]],
+    options: ReportOptions,
+    structured: dict,
+    log: Callable[[str], None],
+) -> tuple[str, dict[str, list[list]], dict[str, bytes]]:
+    """The report after the reference's sections: per architecture the seed spread, bootstrap intervals,
+    the seed ensemble and the validation-chosen seed; DeLong tests; baselines; figures.
+    Returns the markdown, CSV tables (name -> rows) and PNG figures (name -> bytes); fills ``structured``."""
+    started = time.monotonic()
+    text = [
+        "# Beyond the Reference: Uncertainty, Seed Ensembles and Significance",
+        "The sections above reproduce the reference's tables. These say how much of the differences between "
+        "seeds and architectures is noise.",
+    ]
+    files: dict[str, list[list]] = {}
+    counts_by_n: dict[int, np.ndarray] = {}
+    results: list[tuple[str, seeds.ArchitectureAnalysis]] = []
+    scorers: dict[str, comparison.Scorer] = {}
+    for arch, runs in inputs:
+        n = len(runs[0].test.names)
+        if n not in counts_by_n:  # every run of a study is scored on the same resamples
+            counts_by_n[n] = resample_counts(n, options.resamples)
+        result = seeds.architecture_analysis(display_name(arch), runs, counts_by_n[n])
+        results.append((arch, result))
+        text.append(result.text)
+        text.append(f"![{display_name(arch)}: per-class AUROC across seeds](figures/{arch}_seed_spread.png)")
+        files.update({f"{arch}_{name}": rows for name, rows in result.files.items()})
+        structured["architectures"][arch].update(result.structured)
+        scorers[arch] = comparison.Scorer(display_name(arch), result.ensemble.test)
+        scorers.update(
+            {f"{arch}:{r.seed}": comparison.Scorer(f"{display_name(arch)} seed {r.seed}", r.test) for r in runs}
+        )
+    log(
+        f"aggregate: {sum(len(r) for _, r in inputs)} runs' bootstrap intervals ({options.resamples:,} resamples) "
+        f"and ensembles in {time.monotonic() - started:.1f}s"
+    )
+    ensembles = [r.ensemble for _, r in results]
+    if len(ensembles) > 1:
+        section, rows = comparison.ensembles_section(ensembles)
+        text.append(section)
+        files["delong.csv"] = rows
+
+    reference = inputs[0][1][0]  # the study's test (and validation) images and labels
+    baselines, notes = score_baselines(study_id, store, reference)
+    for b in baselines:
+        scorers[b.name] = comparison.Scorer(b.name, Predictions(b.names, b.probs, b.labels))
+    if baselines:
+        seed_auroc = {r.ensemble.name: r.test_auroc for _, r in results}
+        section, extra, info = comparison.baseline_section(baselines, ensembles, seed_auroc, options.resamples)
+        text.append(section)
+        files.update(extra)
+        structured["baselines"] = info
+    text += notes
+    if options.compare:
+        section, rows = comparison.requested_section(options.compare, scorers)
+        text.append(section)
+        files["compare_delong.csv"] = rows
+
+    pngs = figures_of(results, baselines)
+    text += [
+        "## Figures",
+        "![Seed ensembles' ROC curves per class](figures/roc_curves.png)",
+        "![Avg AUROC of each seed with its bootstrap 95% interval](figures/avg_auroc_seeds.png)",
+    ]
+    log(f"aggregate: report beyond the reference in {time.monotonic() - started:.1f}s")
+    return "\n\n".join(text), files, pngs
+
+
+def score_baselines(
+    study_id: str, store: Store, reference: seeds.RunPredictions
+) -> tuple[list[BaselineScore], list[str]]:
+    """Score each baseline kept with the study on the study's test images; a file that no longer
+    parses is reported, not fatal."""
+    scores, notes = [], []
+    for name, key in stored_baselines(store, study_id).items():
+        try:
+            names, probs = read_prediction_csv(store.get_bytes(key), store.url(key))
+            scores.append(
+                score_predictions(
+                    name,
+                    names,
+                    probs,
+                    reference.test.names,
+                    reference.test.labels,
+                    val=(reference.val.names, reference.val.labels),
+                )
+            )
+        except CxrStudyError as exc:
+            notes.append(f"- Baseline {name} was not scored: {exc}")
+    return scores, notes
+
+
+def figures_of(
+    results: list[tuple[str, seeds.ArchitectureAnalysis]], baselines: list[BaselineScore]
+) -> dict[str, bytes]:
+    """The report's PNGs: each architecture's seed spread, the ROC curves, the Avg AUROC spread."""
+    pngs = {
+        f"{arch}_seed_spread.png": figures.seed_spread_figure(r.ensemble.name, r.seeds, r.test_auroc, r.ensemble.auroc)
+        for arch, r in results
+    }
+    curves = [(f"{r.ensemble.name} ensemble", r.ensemble.test.labels, r.ensemble.test.probs) for _, r in results]
+    curves += [(b.name, b.labels, b.probs) for b in baselines]
+    pngs["roc_curves.png"] = figures.roc_figure(curves)
+    pngs["avg_auroc_seeds.png"] = figures.avg_auroc_figure(
+        [
+            (r.ensemble.name, r.seeds, r.avg_auroc, r.avg_ci[:, 0], r.avg_ci[:, 1], nanmean(r.ensemble.auroc))
+            for _, r in results
+        ]
+    )
+    return pngs

@@ -1,0 +1,294 @@
+"""A study's report from every run's files in the store, under ``studies/<id>/report/``:
+
+    report.md                     per architecture the reference's four sections, then mean +/- std,
+                                  then the part beyond the reference (:mod:`jobs.report.beyond_reference`)
+    runs.csv                      one row per run: status, loss, Avg AUROC/F1, per-class AUROC and F1
+    <arch>_overall.csv            Seed, Loss, Avg AUROC, Avg F1
+    <arch>_per_class_auroc.csv    Class x seeds
+    <arch>_best_seed.csv          Class, Best Seed, Highest AUROC
+    <arch>_ensemble.csv           per class: seeds' mean and std, the seed ensemble's AUROC, CI and F1
+    <arch>_bootstrap_ci.csv       per seed and class: AUROC and its bootstrap 95% interval
+    architectures.csv             mean and std over seeds per architecture
+    delong.csv                    paired DeLong tests between the architectures' seed ensembles
+    baselines.csv, baselines_delong.csv   external baselines, when the study has any
+    compare_delong.csv            the pairs asked for with ``cxrstudy report --compare``
+    report.json                   everything above, structured (NaN as null)
+    figures/*.png                 seed spread per architecture, ROC curves, Avg AUROC per seed
+
+Runs that have not succeeded are listed in the report with their state (from
+:func:`jobs.store.records.run_state`, the one place a run's state is decided), not dropped silently.
+Building again rewrites the same files: it is idempotent, and report.md is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jobs.data.labels import CLASSES
+from jobs.report import beyond_reference
+from jobs.report.options import ReportOptions, load_options
+from jobs.report.reference import SeedRun, architecture_section, best_seeds, cross_architecture_section
+from jobs.report.seeds import RunPredictions
+from jobs.report.tables import LOSS_NAMES, csv_text, display_name, markdown_table
+from jobs.scoring.predictions import read_predictions
+from jobs.store import Store, layout
+from jobs.store.records import SUCCEEDED, TERMINAL, RunState, study_states
+
+NOT_FINISHED = "not finished"  # report.json's status of a run that has not ended
+
+
+@dataclass
+class Report:
+    """What a report is made of before it is written: markdown sections, CSV texts, PNGs, report.json."""
+
+    study_id: str
+    sections: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    pngs: dict[str, bytes] = field(default_factory=dict)
+    structured: dict = field(default_factory=dict)
+
+
+def reported_status(state: RunState) -> str:
+    """A run's status in report.json and runs.csv: its state once it has ended."""
+    return state.state if state.state in TERMINAL else NOT_FINISHED
+
+
+def seed_run(result: dict) -> SeedRun:
+    t = result["test"]
+    nan = lambda x: float("nan") if x is None else float(x)  # noqa: E731
+    return SeedRun(
+        result["seed"],
+        nan(t["loss"]),
+        nan(t["avg_auroc"]),
+        nan(t["avg_f1"]),
+        np.array([nan(t["auroc"][c]) for c in CLASSES]),
+    )
+
+
+def architecture_title(arch: str, runs: list[RunState]) -> tuple[str, str]:
+    """The section's title and introduction, in the words of the reference write-ups."""
+    loss_name = runs[0].job.training.loss.name
+    loss = LOSS_NAMES.get(loss_name, loss_name)
+    test_images = next(s.detail["test"]["images"] for s in runs if s.state == SUCCEEDED)
+    title = f"{display_name(arch)} (CLAHE) with {loss} — Random Seed Impact"
+    intro = (
+        f"This experiment evaluates the effect of different random seeds on the performance of the "
+        f"CLAHE-enhanced {display_name(arch)} model (timm `{arch}`) trained with {loss}. All runs use the "
+        f"same architecture, preprocessing, and training protocol, varying only the random seed. "
+        f"Metrics are on the test split ({test_images:,} images); F1 uses per-class thresholds chosen "
+        f"on validation."
+    )
+    return title, intro
+
+
+def seed_tables(arch: str, done: list[SeedRun]) -> tuple[dict[str, str], dict]:
+    """The reference's three tables of one architecture as CSV files, and their report.json part."""
+    done = sorted(done, key=lambda r: r.seed)
+    best = best_seeds(done)
+    files = {
+        f"{arch}_overall.csv": csv_text(
+            [["Seed", "Loss", "Avg AUROC", "Avg F1"], *([r.seed, r.loss, r.avg_auroc, r.avg_f1] for r in done)]
+        ),
+        f"{arch}_per_class_auroc.csv": csv_text(
+            [
+                ["Class", *(f"Seed {r.seed}" for r in done)],
+                *([c, *(r.auroc[k] for r in done)] for k, c in enumerate(CLASSES)),
+            ]
+        ),
+        f"{arch}_best_seed.csv": csv_text(
+            [
+                ["Class", "Best Seed", "Highest AUROC"],
+                *([c, "/".join(map(str, s)), v] for c, (s, v) in zip(CLASSES, best)),
+            ]
+        ),
+    }
+    structured = {
+        "seeds": [r.seed for r in done],
+        "overall": [{"seed": r.seed, "loss": r.loss, "avg_auroc": r.avg_auroc, "avg_f1": r.avg_f1} for r in done],
+        "per_class_auroc": {c: {str(r.seed): r.auroc[k] for r in done} for k, c in enumerate(CLASSES)},
+        "best_seed": {c: {"seeds": s, "auroc": v} for c, (s, v) in zip(CLASSES, best)},
+    }
+    return files, structured
+
+
+def architectures_csv(cross: list[tuple[str, list[SeedRun]]]) -> str:
+    header = [
+        "Architecture",
+        "Seeds",
+        "Loss mean",
+        "Loss std",
+        "Avg AUROC mean",
+        "Avg AUROC std",
+        "Avg F1 mean",
+        "Avg F1 std",
+    ]
+    rows = [header]
+    for name, done in cross:
+        cols = [np.array([getattr(r, f) for r in done]) for f in ("loss", "avg_auroc", "avg_f1")]
+        rows.append([name, len(done), *(v for c in cols for v in (c.mean(), c.std(ddof=1) if len(c) > 1 else ""))])
+    return csv_text(rows)
+
+
+def run_predictions(store: Store, finished: list[RunState]) -> list[RunPredictions] | None:
+    """Each finished run's stored validation and test predictions; None when any run lacks them."""
+    keys = [s.job.keys for s in finished]
+    if not all(store.exists(k.predictions(split)) for k in keys for split in ("val", "test")):
+        return None
+    return [
+        RunPredictions(
+            s.detail["seed"],
+            np.array(
+                [math.nan if s.detail["val"]["auroc"][c] is None else s.detail["val"]["auroc"][c] for c in CLASSES]
+            ),
+            read_predictions(store, k.predictions("val")),
+            read_predictions(store, k.predictions("test")),
+        )
+        for s, k in zip(finished, keys)
+    ]
+
+
+def incomplete_section(states: list[RunState]) -> str | None:
+    """The table of runs without a test result, with their state and error; None when every run has one."""
+    incomplete = [s for s in states if s.state != SUCCEEDED]
+    if not incomplete:
+        return None
+    rows = [
+        [
+            display_name(s.job.architecture),
+            str(s.job.seed),
+            f"`{s.job.job_id}`",
+            reported_status(s),
+            (s.detail.get("error") or "").replace("|", "/")[:200],
+        ]
+        for s in incomplete
+    ]
+    return "\n\n".join(
+        [
+            "# Runs Without a Result",
+            f"{len(incomplete)} of {len(states)} runs have no test result; the tables above leave them out.",
+            markdown_table(["Architecture", "Seed", "Job", "Status", "Error"], rows),
+        ]
+    )
+
+
+def runs_csv(states: list[RunState]) -> str:
+    header = [
+        "architecture",
+        "seed",
+        "job_id",
+        "status",
+        "best_epoch",
+        "loss",
+        "avg_auroc",
+        "avg_f1",
+        *(f"auroc_{c}" for c in CLASSES),
+        *(f"f1_{c}" for c in CLASSES),
+    ]
+    rows = [header]
+    for s in states:
+        job = s.job
+        if s.state != SUCCEEDED:
+            rows.append([job.architecture, job.seed, job.job_id, reported_status(s)])
+            continue
+        r, t = s.detail, s.detail["test"]
+        rows.append(
+            [
+                job.architecture,
+                job.seed,
+                job.job_id,
+                SUCCEEDED,
+                r["best_epoch"],
+                t["loss"],
+                t["avg_auroc"],
+                t["avg_f1"],
+                *(t["auroc"][c] for c in CLASSES),
+                *(t["f1"][c] for c in CLASSES),
+            ]
+        )
+    return csv_text(rows)
+
+
+def json_safe(value):
+    """``value`` for report.json: NaN floats as None (JSON has no NaN), numpy numbers as Python's."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return json_safe(value.tolist())
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def build(study_id: str, store: Store, log: Callable[[str], None] = print, options: ReportOptions | None = None) -> str:
+    """Write the study's report; returns the URL of report.md. ``options`` default to those kept with the
+    study (``cxrstudy report`` sets them)."""
+    options = options or load_options(store, study_id)
+    doc, states = study_states(store, study_id)
+    report = Report(study_id, structured={"study_id": study_id, "architectures": {}})
+    groups: dict[str, list[RunState]] = {}
+    for s in states:
+        groups.setdefault(s.job.architecture, []).append(s)
+
+    cross, beyond_inputs = [], []
+    for arch, members in groups.items():
+        finished = [s for s in members if s.state == SUCCEEDED]
+        if not finished:
+            continue
+        done = [seed_run(s.detail) for s in finished]
+        title, intro = architecture_title(arch, members)
+        report.sections.append(architecture_section(title, done, intro))
+        cross.append((display_name(arch), done))
+        files, report.structured["architectures"][arch] = seed_tables(arch, done)
+        report.files.update(files)
+        if (predictions := run_predictions(store, finished)) is not None:
+            beyond_inputs.append((arch, predictions))
+    if cross:
+        report.sections.append(cross_architecture_section(cross))
+        report.files["architectures.csv"] = architectures_csv(cross)
+    else:
+        report.sections.insert(0, f"# Study {study_id}\n\nNo run has finished yet.")
+    if beyond_inputs:
+        text, tables, report.pngs = beyond_reference.beyond_reference(
+            study_id, store, beyond_inputs, options, report.structured, log
+        )
+        report.sections.append(text)
+        report.files.update({name: csv_text(rows) for name, rows in tables.items()})
+    if (section := incomplete_section(states)) is not None:
+        report.sections.append(section)
+    report.structured["runs"] = [
+        {
+            "job_id": s.job.job_id,
+            "architecture": s.job.architecture,
+            "seed": s.job.seed,
+            "status": reported_status(s),
+            "result": s.detail if s.ended else None,
+        }
+        for s in states
+    ]
+    report.files["runs.csv"] = runs_csv(states)
+    report.files["report.json"] = json.dumps(json_safe(report.structured), indent=2, allow_nan=False)
+    header = f"<!-- cxrstudy report of study {doc['study_id']} ({doc['spec']['name']}) -->\n\n"
+    url = write(store, report, header + "\n\n".join(report.sections) + "\n")
+    done_count = sum(s.state == SUCCEEDED for s in states)
+    log(f"aggregate: {done_count}/{len(states)} runs reported -> {url}")
+    return url
+
+
+def write(store: Store, report: Report, markdown: str) -> str:
+    """Every file of the report, report.md last; returns report.md's URL."""
+    sid = report.study_id
+    for name, text in report.files.items():
+        store.put_text(layout.report_key(sid, name), text)
+    for name, data in report.pngs.items():
+        store.put_bytes(layout.report_key(sid, f"figures/{name}"), data)
+    store.put_text(layout.report_key(sid, "report.md"), markdown)
+    return store.url(layout.report_key(sid, "report.md"))

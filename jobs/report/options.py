@@ -1,0 +1,62 @@
+"""What a user asks of a study's report, kept in the store beside the study, so every later aggregate
+(a worker's after ``resume``, or ``cxrstudy report``) keeps it::
+
+    studies/<id>/report_options.json   {"resamples": 1000, "compare": [["densenet121:12", "chexnet"]]}
+    studies/<id>/baselines/<name>.csv  an external baseline's predictions (CheXNet-style CSV)
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from jobs.errors import ConfigError
+from jobs.spec.study import check_name
+from jobs.store import Store, layout
+
+DEFAULT_RESAMPLES = 1000
+
+
+@dataclass
+class ReportOptions:
+    """What ``cxrstudy report`` asked for, kept for every later aggregate of the study.
+
+    Args:
+        resamples: bootstrap resamples of the test images for the 95% intervals.
+        compare: pairs of scorers to test against each other with DeLong, beyond the architectures'
+            ensembles (which are always compared).
+    """
+
+    resamples: int = DEFAULT_RESAMPLES
+    compare: list[list[str]] = field(default_factory=list)
+
+
+def load_options(store: Store, study_id: str) -> ReportOptions:
+    key = layout.options_key(study_id)
+    if not store.exists(key):
+        return ReportOptions()
+    data = json.loads(store.get_text(key))
+    return ReportOptions(int(data.get("resamples", DEFAULT_RESAMPLES)), [list(p) for p in data.get("compare", [])])
+
+
+def save_options(store: Store, study_id: str, options: ReportOptions) -> None:
+    store.put_text(layout.options_key(study_id), json.dumps(asdict(options), indent=2))
+
+
+def check_baseline_name(name: str, where: str) -> str:
+    try:
+        return check_name(name, where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def keep_baseline(store: Store, study_id: str, name: str, data: bytes) -> None:
+    """Keep a baseline's CSV with the study (the caller has read it with ``read_prediction_csv``)."""
+    store.put_bytes(layout.baseline_key(study_id, check_baseline_name(name, "baseline")), data)
+
+
+def stored_baselines(store: Store, study_id: str) -> dict[str, str]:
+    """``{name: key}`` of the baselines kept with the study, by name."""
+    prefix = layout.baselines_prefix(study_id)
+    found = {o.key[len(prefix) : -len(".csv")]: o.key for o in store.list(prefix) if o.key.endswith(".csv")}
+    return dict(sorted(found.items()))

@@ -1,0 +1,192 @@
+"""The study file: a grid of architectures x seeds over one dataset, preprocessing and training recipe.
+
+```yaml
+name: clahe-focal-seeds
+dataset: s3://my-bucket/nih          # or a folder; or {location: ..., id: nih}
+preprocessing: {image_size: 256, clip_limit: 2.0, tile_grid: 8}
+training: {epochs: 20, batch_size: 32, lr: 1.0e-4, loss: {name: focal, alpha: 0.25, gamma: 2.0}}
+runs:
+  densenet121: [12, 22, 32, 42]
+  efficientnet_b2: {seeds: [22, 32, 42], training: {lr: 3.0e-4}}
+baselines: {chexnet: predictions/chexnet.csv}   # optional: other systems' predictions, in the report
+```
+
+Every key is checked: an unknown key, a wrong type or a bad value is a one-line error naming the
+file and the field. Architecture names are checked against timm's list without importing timm
+(:mod:`jobs.spec.architectures`); ids are content hashes (:mod:`jobs.spec.runs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from jobs.errors import ConfigError, StudyFileError
+from jobs.spec.architectures import check_architecture
+from jobs.spec.configs import PrepConfig, TrainConfig
+from jobs.spec.runs import JobSpec, job_id
+from jobs.spec.runs import study_id as _study_id
+from jobs.spec.schema import build, coerce, unknown_key
+
+# A study, baseline or dataset name: it becomes part of keys in the store.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = "letters, digits, '.', '_' and '-' only, starting with a letter or digit"
+
+
+def check_name(value: str, path: str) -> str:
+    """``value`` when it is a valid name (see :data:`NAME`), else a ValueError naming ``path``."""
+    if not NAME.fullmatch(value):
+        raise ValueError(f"{path}: use {NAME_RULE} (got {value!r})")
+    return value
+
+
+@dataclass(frozen=True)
+class RunGroup:
+    architecture: str
+    seeds: tuple[int, ...]
+    training: TrainConfig
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    dataset: str
+    dataset_id: str | None
+    preprocessing: PrepConfig
+    training: TrainConfig
+    runs: tuple[RunGroup, ...]
+    source: str = ""  # the file it came from, for messages
+    # External baselines for the report: (name, location of a CheXNet-style predictions CSV). Not part of
+    # the spec or the study id: a baseline changes the report, not the runs.
+    baselines: tuple[tuple[str, str], ...] = ()
+
+    def spec(self) -> dict:
+        """The normalised spec, as written into study.json (and hashed into the study id)."""
+        return {
+            "name": self.name,
+            "dataset": {"location": self.dataset, "id": self.dataset_id},
+            "preprocessing": asdict(self.preprocessing),
+            "runs": [
+                {"architecture": g.architecture, "seeds": list(g.seeds), "training": asdict(g.training)}
+                for g in self.runs
+            ],
+        }
+
+
+def parse_study(data, source: str = "<study>") -> Study:
+    """A :class:`Study` from the YAML's mapping; errors name ``source`` and the field."""
+    try:
+        return _parse(data)
+    except ValueError as exc:
+        raise StudyFileError(f"{source}: {exc}") from None
+
+
+def _parse(data) -> Study:
+    if not isinstance(data, dict):
+        raise ValueError(
+            "the study file must be a mapping with name, dataset, runs (and optional preprocessing, training)"
+        )
+    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines")
+    for key in data:
+        if key not in known:
+            raise unknown_key("", key, known)
+    for key in ("name", "dataset", "runs"):
+        if key not in data:
+            raise ValueError(f"{key}: missing (required)")
+    name = check_name(coerce(data["name"], str, "name"), "name")
+    dataset, dataset_id = data["dataset"], None
+    if isinstance(dataset, dict):
+        unknown = set(dataset) - {"location", "id"}
+        if unknown or "location" not in dataset:
+            raise ValueError("dataset: must be a location, or a mapping with 'location' (and optional 'id')")
+        dataset_id = coerce(dataset.get("id"), str | None, "dataset.id")
+        dataset = dataset["location"]
+    dataset = coerce(dataset, str, "dataset")
+    prep = build(PrepConfig, data.get("preprocessing"), "preprocessing")
+    training = build(TrainConfig, data.get("training"), "training")
+
+    runs = data["runs"]
+    if not isinstance(runs, dict) or not runs:
+        raise ValueError("runs: must map each architecture to its seeds, e.g. {densenet121: [12, 22]}")
+    groups = []
+    for arch, entry in runs.items():
+        path = f"runs.{arch}"
+        overrides = None
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"seeds", "training"}
+            if unknown:
+                raise ValueError(f"{path}.{sorted(unknown)[0]}: unknown key; use 'seeds' and 'training'")
+            overrides, entry = entry.get("training"), entry.get("seeds")
+        if not isinstance(entry, list) or not entry:
+            raise ValueError(f"{path}: must be a non-empty list of seeds (or {{seeds: [...], training: {{...}}}})")
+        seeds = tuple(coerce(s, int, f"{path}[{i}]") for i, s in enumerate(entry))
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{path}: a seed is listed twice")
+        try:
+            check_architecture(str(arch))
+        except ConfigError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        groups.append(RunGroup(str(arch), seeds, build(TrainConfig, overrides, f"{path}.training", training)))
+    baselines = _baselines(data.get("baselines"))
+    for baseline, _ in baselines:
+        if baseline in runs:
+            raise ValueError(f"baselines.{baseline}: the name of an architecture in runs; give the baseline another")
+    return Study(name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines)
+
+
+def _baselines(entry) -> tuple[tuple[str, str], ...]:
+    """``baselines: {chexnet: preds/chexnet.csv}``: name -> predictions CSV (a path or s3:// URI)."""
+    if entry is None:
+        return ()
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError("baselines: must map a name to a predictions CSV, e.g. {chexnet: predictions/chexnet.csv}")
+    out = []
+    for name, location in entry.items():
+        check_name(str(name), f"baselines.{name}")
+        out.append((str(name), coerce(location, str, f"baselines.{name}")))
+    return tuple(out)
+
+
+def load_study_file(path: str | Path) -> Study:
+    """Read and validate a study file (``-``: standard input, e.g. through ``kubectl exec -i``)."""
+    if str(path) == "-":
+        text, path = sys.stdin.read(), Path("<stdin>")
+    else:
+        path = Path(path)
+    try:
+        text = text if str(path) == "<stdin>" else path.read_text()
+    except OSError as exc:
+        raise StudyFileError(f"{path}: cannot read the study file ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark else ""
+        raise StudyFileError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    study = parse_study(data, str(path))
+
+    def beside(location: str) -> str:  # relative to the study file, not the shell
+        if "://" in location or Path(location).expanduser().is_absolute() or str(path) == "<stdin>":
+            return location
+        return str((path.parent / location).resolve())
+
+    baselines = tuple((name, beside(location)) for name, location in study.baselines)
+    return dataclasses.replace(study, source=str(path), dataset=beside(study.dataset), baselines=baselines)
+
+
+def study_id(study: Study, prep_hash: str) -> str:
+    return _study_id(study.name, study.spec(), prep_hash)
+
+
+def expand(study: Study, sid: str, data_prefix: str) -> list[JobSpec]:
+    """The study's jobs, one per (architecture, seed), in file order."""
+    return [
+        JobSpec(sid, job_id(sid, g.architecture, seed, g.training), g.architecture, seed, g.training, data_prefix)
+        for g in study.runs
+        for seed in g.seeds
+    ]

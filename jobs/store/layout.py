@@ -1,0 +1,122 @@
+"""Every key of the store, built here and nowhere else.
+
+::
+
+    datasets/<dataset-id>/<prep-hash>/manifest.json
+    datasets/<dataset-id>/<prep-hash>/shards/{train,val,test}-NNNNNN.tar
+    studies/<study-id>/study.json                 the spec as submitted and the expanded job list
+    studies/<study-id>/cancel.json                a cancel request (removed by resume and submit)
+    studies/<study-id>/report_options.json        what `cxrstudy report` asked for
+    studies/<study-id>/baselines/<name>.csv       external baselines' predictions
+    studies/<study-id>/report/<file>              report.md, the CSVs, report.json
+    studies/<study-id>/report/figures/<name>.png
+    studies/<study-id>/jobs/<job-id>/...          see :class:`JobKeys`
+
+Keys are ``/``-separated and relative to the store's root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATASETS = "datasets"
+STUDIES = "studies"
+
+
+# --- prepared datasets ------------------------------------------------------------------------------
+def dataset_prefix(dataset_id: str, prep_hash: str) -> str:
+    return f"{DATASETS}/{dataset_id}/{prep_hash}"
+
+
+def manifest_key(data_prefix: str) -> str:
+    return f"{data_prefix}/manifest.json"
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:06d}.tar"
+
+
+def shard_key(data_prefix: str, name: str) -> str:
+    return f"{data_prefix}/shards/{name}"
+
+
+# --- studies ----------------------------------------------------------------------------------------
+def studies_prefix() -> str:
+    return f"{STUDIES}/"
+
+
+def study_prefix(study_id: str) -> str:
+    return f"{STUDIES}/{study_id}"
+
+
+def study_key(study_id: str) -> str:
+    return f"{study_prefix(study_id)}/study.json"
+
+
+def study_id_of(key: str) -> str | None:
+    """The study id of a ``studies/<id>/study.json`` key; None for any other key."""
+    parts = key.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == STUDIES and parts[2] == "study.json" else None
+
+
+def cancel_key(study_id: str) -> str:
+    return f"{study_prefix(study_id)}/cancel.json"
+
+
+def options_key(study_id: str) -> str:
+    return f"{study_prefix(study_id)}/report_options.json"
+
+
+def baselines_prefix(study_id: str) -> str:
+    return f"{study_prefix(study_id)}/baselines/"
+
+
+def baseline_key(study_id: str, name: str) -> str:
+    return f"{baselines_prefix(study_id)}{name}.csv"
+
+
+def report_prefix(study_id: str) -> str:
+    return f"{study_prefix(study_id)}/report/"
+
+
+def report_key(study_id: str, name: str) -> str:
+    """A report file: ``report.md``, ``report.json``, a CSV, or ``figures/<name>.png``."""
+    return f"{report_prefix(study_id)}{name}"
+
+
+# --- one run ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JobKeys:
+    """The keys of one run under ``studies/<study-id>/jobs/<job-id>/``."""
+
+    prefix: str
+
+    @property
+    def result(self) -> str:  # written last: present means done
+        return f"{self.prefix}/result.json"
+
+    @property
+    def error(self) -> str:  # the last failure; ``final`` when no attempt is left
+        return f"{self.prefix}/error.json"
+
+    @property
+    def cancelled(self) -> str:
+        return f"{self.prefix}/cancelled.json"
+
+    @property
+    def progress(self) -> str:  # worker, epoch, step, latest val AUROC (while it runs)
+        return f"{self.prefix}/progress.json"
+
+    @property
+    def metrics(self) -> str:  # one line per finished epoch
+        return f"{self.prefix}/metrics.jsonl"
+
+    def checkpoint(self, name: str) -> str:  # last.pt or best.pt
+        return f"{self.prefix}/checkpoints/{name}"
+
+    def predictions(self, split: str) -> str:  # val or test
+        return f"{self.prefix}/predictions_{split}.csv"
+
+
+def job_keys(study_id: str, job_id: str) -> JobKeys:
+    return JobKeys(f"{study_prefix(study_id)}/jobs/{job_id}")

@@ -1,0 +1,59 @@
+"""Registering a study in the store: the one sequence that ``cxrstudy submit`` and ``cxrstudy run`` share.
+
+Everything that can fail on the user's input is checked before anything is written: the study file
+(already parsed), every baseline file, the dataset's metadata and split lists. Then the baselines are
+kept with the study and ``study.json`` is written (idempotent: same content, same id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jobs.data.manifest import plan
+from jobs.report.options import keep_baseline
+from jobs.scoring.predictions import read_location, read_prediction_csv
+from jobs.spec.runs import JobSpec
+from jobs.spec.study import Study, expand, study_id
+from jobs.store import Store
+from jobs.store.records import write_study
+
+
+def read_baseline(name: str, location: str) -> tuple[str, bytes, str, int]:
+    """``(name, bytes, where, rows)`` of a baseline file, read where the caller can read it; it must parse."""
+    data, where = read_location(location)
+    names, _ = read_prediction_csv(data, where)
+    return name, data, where, len(names)
+
+
+def read_study_baselines(study: Study) -> list[tuple[str, bytes, str, int]]:
+    """The study file's ``baselines:``, each read and checked before anything of the study is written."""
+    return [read_baseline(name, location) for name, location in study.baselines]
+
+
+def keep_baselines(
+    store: Store, sid: str, files: list[tuple[str, bytes, str, int]], log: Callable[[str], None]
+) -> None:
+    """Keep baseline files (from :func:`read_baseline`) with the study, where every later aggregate finds them."""
+    for name, data, where, rows in files:
+        keep_baseline(store, sid, name, data)
+        log(f"study {sid}: baseline {name} ({rows:,} rows of {where}) kept for the report")
+
+
+@dataclass(frozen=True)
+class Registered:
+    study_id: str
+    data_prefix: str  # datasets/<id>/<prep-hash>: where prepare writes the shards
+    jobs: list[JobSpec]
+
+
+def register(study: Study, store: Store, log: Callable[[str], None] = print) -> Registered:
+    """Check the study's inputs, then write its baselines and ``study.json``; returns its id and jobs."""
+    baselines = read_study_baselines(study)  # a bad baseline file fails here, before anything is written
+    _, data_prefix = plan(study.dataset, study.preprocessing, study.dataset_id, log=log)
+    sid = study_id(study, data_prefix.rsplit("/", 1)[-1])
+    jobs = expand(study, sid, data_prefix)
+    keep_baselines(store, sid, baselines, log)
+    write_study(store, study.spec(), sid, data_prefix, jobs, study.source)
+    log(f"study {sid}: {len(jobs)} runs ({', '.join(f'{g.architecture} x {len(g.seeds)}' for g in study.runs)})")
+    return Registered(sid, data_prefix, jobs)

@@ -1,0 +1,150 @@
+"""The train job on a tiny timm model (test_resnet, 32 px): real training, values checked."""
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from jobs import train
+from jobs.training import trainer
+from jobs.data.labels import CLASSES
+from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class
+from jobs.spec.study import JobSpec, TrainConfig
+
+TINY = TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0.2, patience=0, weight_decay=1e-4)
+
+
+def job(manifest, study: str, seed: int = 0, arch: str = "test_resnet", cfg: TrainConfig = TINY) -> JobSpec:
+    return JobSpec(study, f"{arch}-s{seed}", arch, seed, cfg, manifest["prefix"])
+
+
+def read_predictions(store, key):
+    rows = list(csv.DictReader(io.StringIO(store.get_text(key))))
+    probs = np.array([[float(r[f"prob_{c}"]) for c in CLASSES] for r in rows])
+    labels = np.array([[int(r[f"label_{c}"]) for c in CLASSES] for r in rows])
+    return [r["Image Index"] for r in rows], probs, labels
+
+
+def test_run_outputs_and_thresholds_from_validation_only(prepared, monkeypatch):
+    store, m = prepared
+    seen = []
+    real = trainer.best_f1_thresholds
+    monkeypatch.setattr(trainer, "best_f1_thresholds", lambda y, p: seen.append(y.copy()) or real(y, p))
+    j = job(m, "outputs")
+    result = train.run(j, store, log=lambda s: None)
+
+    assert result["status"] == "succeeded" and result["epochs_run"] == 3 and 1 <= result["best_epoch"] <= 3
+    lines = [json.loads(x) for x in store.get_text(j.keys.metrics).splitlines()]
+    assert [x["epoch"] for x in lines] == [1, 2, 3]
+    assert [x["best"] for x in lines].count(True) >= 1 and set(lines[0]["val_auroc"]) == set(CLASSES)
+    ckpt = torch.load(io.BytesIO(store.get_bytes(j.keys.checkpoint("last.pt"))), weights_only=True)
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "best_score", "bad_epochs"} <= set(ckpt)
+    assert ckpt["epoch"] == 3
+
+    _, val_p, val_y = read_predictions(store, j.keys.predictions("val"))
+    names, test_p, test_y = read_predictions(store, j.keys.predictions("test"))
+    assert len(names) == result["test"]["images"] == m["splits"]["test"]["images"]
+    # The thresholds were fitted on the validation labels, once, and never on the test labels.
+    assert len(seen) == 1 and np.array_equal(seen[0], val_y) and seen[0].shape != test_y.shape
+    thresholds = best_f1_thresholds(val_y, val_p)
+    assert [result["test"]["thresholds"][c] for c in CLASSES] == pytest.approx(thresholds, abs=1e-6)
+    f1 = f1_per_class(test_y, test_p, thresholds)
+    assert [result["test"]["f1"][c] for c in CLASSES] == pytest.approx(f1, abs=1e-6)
+    auroc = auroc_per_class(test_y, test_p)
+    assert [result["test"]["auroc"][c] for c in CLASSES] == pytest.approx(auroc, abs=1e-5)
+    assert result["test"]["avg_auroc"] == pytest.approx(auroc.mean(), abs=1e-5)
+    assert result["test"]["avg_auroc"] > 0.6  # it learned something in 3 short epochs
+
+
+def test_same_seed_gives_identical_metrics_and_another_seed_differs(prepared):
+    store, m = prepared
+    a = train.run(job(m, "repeat-a"), store, log=lambda s: None)
+    b = train.run(job(m, "repeat-b"), store, log=lambda s: None)
+    c = train.run(job(m, "repeat-c", seed=1), store, log=lambda s: None)
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+    assert a["test"]["auroc"] != c["test"]["auroc"]
+
+
+def test_a_job_with_result_json_is_skipped(prepared):
+    store, m = prepared
+    j = job(m, "skip")
+    store.put_text(j.keys.result, json.dumps({"status": "succeeded", "marker": 1}))
+    messages = []
+    assert train.run(j, store, log=messages.append)["marker"] == 1
+    assert messages == [f"{j.job_id}: result.json exists; skipped"]
+    assert not store.exists(j.keys.metrics)
+
+
+def test_killed_training_resumes_at_the_next_epoch_and_ends_as_if_uninterrupted(prepared, tmp_path):
+    store, m = prepared
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=3e-3, warmup_epochs=0.2, patience=0)
+    killed = job(m, "killed", cfg=cfg)
+    (tmp_path / "job.json").write_text(json.dumps(killed.to_json()))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "--job", str(tmp_path / "job.json"), "--store", store.uri],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    metrics_key = killed.keys.metrics
+    deadline = time.monotonic() + 300
+    while not (store.exists(metrics_key) and len(store.get_text(metrics_key).splitlines()) >= 2):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not store.exists(killed.keys.result), "training finished before it could be killed"
+
+    messages = []
+    resumed = train.run(killed, store, log=messages.append)
+    resume_line = next(x for x in messages if "resuming" in x)
+    start_epoch = int(resume_line.split("at epoch ")[1].split("/")[0])
+    # Two epochs had logged metrics; the kill may land before epoch 2's last.pt: resume at 2 or 3, never 1.
+    assert start_epoch in (2, 3)
+    epochs = [json.loads(x)["epoch"] for x in store.get_text(metrics_key).splitlines()]
+    assert epochs == list(range(1, 9))
+    assert sum(1 for x in messages if ": epoch " in x and "train loss" in x) == 8 - start_epoch + 1
+
+    uninterrupted = train.run(job(m, "uninterrupted", cfg=cfg), store, log=lambda s: None)
+    assert resumed["test"] == uninterrupted["test"]
+
+
+def test_a_stop_inside_an_epoch_checkpoints_the_position_and_the_rerun_is_the_same_run(prepared):
+    store, m = prepared
+    j = job(m, "stopped-mid-epoch")
+    seen = []
+
+    def stop_at_epoch_2_step_3(p):
+        seen.append((p["epoch"], p["step"]))
+        return "checkpoint" if (p["epoch"], p["step"]) == (2, 3) else None
+
+    assert train.run(j, store, log=lambda s: None, on_step=stop_at_epoch_2_step_3) is None
+    steps = max(s for e, s in seen if e == 1)
+    assert seen[-1] == (2, 3) and seen.count((1, 1)) == 1 and steps == m["splits"]["train"]["images"] // 16
+    ckpt = torch.load(io.BytesIO(store.get_bytes(j.keys.checkpoint("last.pt"))), weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"], ckpt["partial_count"]) == (1, 3, 48)
+    assert not store.exists(j.keys.result)
+
+    messages, resumed_steps = [], []
+    resumed = train.run(j, store, log=messages.append, on_step=lambda p: resumed_steps.append(p["step"]))
+    assert f"{j.job_id}: resuming from checkpoints/last.pt at epoch 2/3 step 3/{steps}" in messages
+    assert resumed_steps[0] == 4  # the three trained batches are not trained again
+    uninterrupted = train.run(job(m, "not-stopped"), store, log=lambda s: None)
+    assert resumed["test"] == uninterrupted["test"] and resumed["val"] == uninterrupted["val"]
+
+
+def test_abandon_stops_without_writing(prepared):
+    store, m = prepared
+    j = job(m, "abandoned")
+    assert train.run(j, store, log=lambda s: None, on_step=lambda p: "abandon" if p["epoch"] == 2 else None) is None
+    ckpt = torch.load(io.BytesIO(store.get_bytes(j.keys.checkpoint("last.pt"))), weights_only=True)
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
+    assert len(store.get_text(j.keys.metrics).splitlines()) == 1
