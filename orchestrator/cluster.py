@@ -6,8 +6,7 @@ Both commands use the official ``kubernetes`` client and return text; nothing he
   rest), its worker Deployments (desired / ready), the nodes with allocatable ``nvidia.com/gpu`` and
   how many of those GPUs the release's pods hold, and the queue depths when the caller could read them.
 - :func:`scale_gpu_workers` patches the scale of the GPU-worker Deployment, unless KEDA owns it.
-- :func:`load_clients` builds the API clients: the pod's service account inside the cluster, the
-  kubeconfig outside it.
+- :func:`orchestrator.kube.load_clients` builds the API clients (and turns API errors into one line).
 
 Every failure a user can fix (no kubeconfig, an unknown context, an unreachable API server, RBAC
 refusing a call) is a one-line :class:`jobs.errors.ConfigError` naming what to fix.
@@ -15,21 +14,16 @@ refusing a call) is a one-line :class:`jobs.errors.ConfigError` naming what to f
 
 from __future__ import annotations
 
-import json
-import os
-import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
 
-import urllib3
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils.quantity import parse_quantity
 
 from jobs.errors import ConfigError
+from orchestrator.kube import call, one_line
 
 T = TypeVar("T")
 
@@ -37,61 +31,8 @@ APP = "cxrstudy"
 GPU = "nvidia.com/gpu"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 KEDA_ANNOTATION = "cxrstudy.io/keda"
-# (connect, read) seconds: an API server behind a dead VPN fails fast instead of hanging.
-REQUEST_TIMEOUT = (5, 30)
 # Queue name -> the component label of the workers that consume it.
 WORKER_COMPONENTS = {"gpu": "gpu-worker", "cpu": "cpu-worker"}
-RBAC_HINT = (
-    "the account needs get/list on pods, nodes, deployments and patch on deployments/scale; "
-    "see the chart's RBAC (rbac.create)"
-)
-
-
-# --- clients -------------------------------------------------------------------------------------
-
-
-def load_clients(context: str | None = None) -> tuple[client.CoreV1Api, client.AppsV1Api]:
-    """API clients for the cluster: in-cluster config when ``KUBERNETES_SERVICE_HOST`` is set (the
-    toolbox pod) and no ``context`` is named, else the kubeconfig (``$KUBECONFIG`` or
-    ``~/.kube/config``) with ``context`` or its current context.
-
-    Nothing is sent to the API server here: an unreachable server or an RBAC refusal surfaces from
-    the first call, which :func:`cluster_status` and :func:`scale_gpu_workers` turn into a
-    :class:`ConfigError` too.
-    """
-    configuration = client.Configuration()
-    try:
-        if os.environ.get("KUBERNETES_SERVICE_HOST") and context is None:
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            # $KUBECONFIG is read now: the client reads it once, when it is imported.
-            kubeconfig = os.environ.get("KUBECONFIG") or "~/.kube/config"
-            config.load_kube_config(
-                config_file=kubeconfig, context=context, client_configuration=configuration, persist_config=False
-            )
-    except ConfigException as exc:
-        raise ConfigError(_config_message(exc, context)) from exc
-    api = client.ApiClient(configuration)
-    return client.CoreV1Api(api), client.AppsV1Api(api)
-
-
-def _config_message(exc: ConfigException, context: str | None) -> str:
-    detail = _one_line(str(exc))
-    if os.environ.get("KUBERNETES_SERVICE_HOST") and context is None:
-        return (
-            f"cannot use the pod's service account ({detail}): is automountServiceAccountToken off? "
-            "Outside a pod, unset KUBERNETES_SERVICE_HOST to use a kubeconfig"
-        )
-    where = os.environ.get("KUBECONFIG") or "~/.kube/config"
-    if context is not None and "contexts" in detail:
-        return f"no context {context!r} in the kubeconfig {where}: list them with `kubectl config get-contexts`"
-    return (
-        f"cannot load the kubeconfig {where} ({detail}): set KUBECONFIG or --context, "
-        "or check that `kubectl get pods` works"
-    )
-
-
-# --- status --------------------------------------------------------------------------------------
 
 
 def cluster_status(
@@ -109,10 +50,10 @@ def cluster_status(
     """
     now = now or datetime.now(UTC)
     selector = release_selector(release)
-    pods = _call(
+    pods = call(
         core, f"list pods in namespace {namespace}", core.list_namespaced_pod, namespace, label_selector=selector
     )
-    deployments = _call(
+    deployments = call(
         apps,
         f"list deployments in namespace {namespace}",
         apps.list_namespaced_deployment,
@@ -221,7 +162,7 @@ def _pod_detail(pod: client.V1Pod) -> str | None:
     status = pod.status or client.V1PodStatus()
     scheduled = _condition(status, "PodScheduled")
     if scheduled is not None and scheduled.status == "False" and scheduled.message:
-        return _one_line(scheduled.message)
+        return one_line(scheduled.message)
     for container in _container_statuses(status):
         waiting = container.state.waiting if container.state else None
         if waiting is None:
@@ -230,7 +171,7 @@ def _pod_detail(pod: client.V1Pod) -> str | None:
         if waiting.reason == "CrashLoopBackOff" and last is not None:
             return f"{container.name}: last exit {last.reason or 'Error'} (exit code {last.exit_code})"
         if waiting.reason != "CrashLoopBackOff" and waiting.message:
-            return f"{container.name}: {_one_line(waiting.message)}"
+            return f"{container.name}: {one_line(waiting.message)}"
     return None
 
 
@@ -246,7 +187,7 @@ def _gpu_lines(core: client.CoreV1Api, pods: list[client.V1Pod]) -> list[str]:
     """Nodes with allocatable GPUs and the GPUs the release's pods hold there. A 403 on nodes (a
     cluster-scoped resource: namespace-only accounts cannot list them) costs this section only."""
     try:
-        nodes = _call(core, "list nodes", core.list_node)
+        nodes = call(core, "list nodes", core.list_node)
     except ConfigError as exc:
         if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 403:
             raise
@@ -322,7 +263,7 @@ def scale_gpu_workers(apps: client.AppsV1Api, namespace: str, release: str, repl
     if replicas < 0:
         raise ConfigError(f"replicas must be 0 or more, not {replicas}")
     selector = release_selector(release, "gpu-worker")
-    found = _call(
+    found = call(
         apps,
         f"list deployments in namespace {namespace}",
         apps.list_namespaced_deployment,
@@ -345,7 +286,7 @@ def scale_gpu_workers(apps: client.AppsV1Api, namespace: str, release: str, repl
             "count; change keda.maxReplicas (or keda.minReplicas) in the values and run helm upgrade instead"
         )
     before = deployment.spec.replicas if deployment.spec.replicas is not None else 1
-    scale = _call(
+    scale = call(
         apps,
         f"scale deployment {name} in namespace {namespace}",
         apps.patch_namespaced_deployment_scale,
@@ -358,65 +299,6 @@ def scale_gpu_workers(apps: client.AppsV1Api, namespace: str, release: str, repl
 
 def _keda_managed(deployment: client.V1Deployment) -> bool:
     return (deployment.metadata.annotations or {}).get(KEDA_ANNOTATION) == "true"
-
-
-# --- API errors ----------------------------------------------------------------------------------
-
-
-def _call(
-    api: client.CoreV1Api | client.AppsV1Api, what: str, method: Callable[..., T], *args: object, **kwargs: object
-) -> T:
-    """``method(*args, **kwargs)`` with a timeout; API and connection errors become one-line ConfigErrors."""
-    with _api_errors(what, api.api_client.configuration.host):
-        return method(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
-
-
-@contextmanager
-def _api_errors(what: str, host: str) -> Iterator[None]:
-    try:
-        yield
-    except ApiException as exc:
-        raise ConfigError(api_error_message(exc, what, host)) from exc
-    except urllib3.exceptions.HTTPError as exc:
-        reason = exc.reason if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason else exc
-        raise ConfigError(
-            f"cannot reach the Kubernetes API server at {host} to {what} ({_connection_detail(reason)}): "
-            "check the kubeconfig context (kubectl config current-context), the VPN, or the server address"
-        ) from exc
-
-
-def api_error_message(exc: ApiException, what: str, host: str) -> str:
-    """One line for an API error: the status, what was being done, the server's message, what to fix."""
-    message = _status_message(exc.body)
-    said = f": {message}" if message else ""
-    if exc.status == 0:
-        return f"cannot talk to the Kubernetes API server at {host} to {what}: {_one_line(str(exc.reason))}"
-    if exc.status == 401:
-        return (
-            f"unauthorized (401) to {what}{said}: the API server rejected the credentials; "
-            "refresh the kubeconfig login (e.g. run any kubectl command) and retry"
-        )
-    if exc.status == 403:
-        return f"forbidden (403) to {what}{said}; {RBAC_HINT}"
-    return f"Kubernetes API error {exc.status} {exc.reason} to {what}{said}"
-
-
-def _status_message(body: object) -> str | None:
-    """The ``message`` of a ``kind: Status`` body, when the body is one."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8", "replace")
-    if not isinstance(body, str) or not body:
-        return None
-    try:
-        status = json.loads(body)
-    except ValueError:
-        return _one_line(body)[:200]
-    return _one_line(str(status.get("message"))) if isinstance(status, dict) and status.get("message") else None
-
-
-def _connection_detail(reason: object) -> str:
-    # urllib3 prefixes the object's repr: "<...HTTPSConnection object at 0x7f...>: Failed to establish ...".
-    return _one_line(re.sub(r"^<[^>]*>:\s*", "", str(reason)))
 
 
 # --- helpers -------------------------------------------------------------------------------------
@@ -467,7 +349,3 @@ def _component(obj: client.V1Pod | client.V1Deployment) -> str | None:
 
 def _name(obj: client.V1Pod | client.V1Deployment | client.V1Node) -> str:
     return obj.metadata.name
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -26,7 +26,7 @@ from jobs.data.labels import CLASSES, NUM_CLASSES
 from jobs.data.nih import SPLITS, labelled_splits, require_images
 from jobs.errors import ConfigError, PredictionsError
 from jobs.report.tables import fmt, markdown_table
-from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, nanmean
+from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
 from jobs.scoring.predictions import read_location, read_prediction_csv
 from jobs.store import open_store
 
@@ -188,10 +188,6 @@ def evaluation_markdown(score: BaselineScore) -> str:
     )
 
 
-def _number(x: float) -> float | None:
-    return None if math.isnan(x) else float(x)
-
-
 def evaluation_files(score: BaselineScore) -> dict[str, str]:
     """``evaluation.md``, ``evaluation.csv`` (per class, then an Average row) and ``evaluation.json``."""
     out = io.StringIO()
@@ -211,15 +207,15 @@ def evaluation_files(score: BaselineScore) -> dict[str, str]:
         "extra": score.extra,
         "val_rows": score.val_rows,
         "threshold_source": score.threshold_source,
-        "avg_auroc": _number(score.avg_auroc),
-        "avg_f1": _number(score.avg_f1),
+        "avg_auroc": json_number(score.avg_auroc, None),
+        "avg_f1": json_number(score.avg_f1, None),
         "classes": [
             {
                 "class": c,
                 "positives": int(score.positives[k]),
-                "auroc": _number(score.auroc[k]),
-                "f1": _number(score.f1[k]),
-                "threshold": _number(score.thresholds[k]),
+                "auroc": json_number(score.auroc[k], None),
+                "f1": json_number(score.f1[k], None),
+                "threshold": json_number(score.thresholds[k], None),
             }
             for k, c in enumerate(CLASSES)
         ],

@@ -23,7 +23,8 @@ from kubernetes import client
 
 from jobs.errors import ConfigError, CxrStudyError
 from orchestrator import cluster
-from orchestrator.cluster import cluster_status, human_duration, load_clients, scale_gpu_workers
+from orchestrator.cluster import cluster_status, human_duration, scale_gpu_workers
+from orchestrator.kube import load_clients
 
 RECORDED = Path(__file__).parent / "k8s_recorded"
 HOST = "https://k8s.test"
