@@ -37,7 +37,7 @@ def test_hadolint_passes():
 
 
 def test_pins_agree_with_pyproject(dockerfile):
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["train"]
     pins = dict(re.match(r"^([a-z]+)==(.+)$", d).groups() for d in deps if "==" in d)
     args = dict(v.split("=", 1) for v in instructions(dockerfile, "ARG") if "=" in v)
     assert args["TORCH_VERSION"] == pins["torch"] == "2.14.1"
@@ -45,6 +45,7 @@ def test_pins_agree_with_pyproject(dockerfile):
     assert args["TORCH_CUDA"].startswith("cu")  # the CUDA flavour is a build argument
     (torch_install,) = [r for r in instructions(dockerfile, "RUN") if "download.pytorch.org" in r]
     assert "${TORCH_CUDA}" in torch_install and '"torch==${TORCH_VERSION}"' in torch_install
+    assert any('pip install "./[train]"' in r for r in instructions(dockerfile, "RUN"))  # the image trains
 
 
 def test_two_stages_venv_copied_and_non_root(dockerfile):
