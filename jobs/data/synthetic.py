@@ -185,16 +185,8 @@ def make_synthetic(
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
 
-    # Patients with follow-up studies: 1 + geometric, about 3.6 images each as in NIH.
-    patient_of, follow_up = [], []
-    patient = 0
-    while len(patient_of) < images:
-        patient += 1
-        for f in range(min(rng.geometric(1 / 3.6), images - len(patient_of))):
-            patient_of.append(patient)
-            follow_up.append(f)
-    patient_of, follow_up = np.array(patient_of), np.array(follow_up)
-    test_patients = rng.random(patient + 1) < TEST_PATIENT_FRACTION
+    patient_of, follow_up = _patients(rng, images)
+    test_patients = rng.random(patient_of[-1] + 1) < TEST_PATIENT_FRACTION
     in_test = test_patients[patient_of]
 
     labels = sample_labels(rng, images)
@@ -202,7 +194,35 @@ def make_synthetic(
         _ensure_positives(labels, rows, min_positives, rng)
 
     names = [f"{p:08d}_{f:03d}.png" for p, f in zip(patient_of, follow_up)]
-    with open(out / "Data_Entry_2017.csv", "w", newline="") as fh:
+    _write_metadata(out / "Data_Entry_2017.csv", names, labels, patient_of, follow_up, size, rng)
+    for fname, mask in (("train_val_list.txt", ~in_test), ("test_list.txt", in_test)):
+        (out / fname).write_text("\n".join(n for n, m in zip(names, mask) if m) + "\n")
+
+    for i, name in enumerate(names):
+        gray = render_image(labels[i], rng, size)
+        if rng.random() < 0.005:  # NIH has a few RGBA PNGs (519 of 112,120); so do we
+            gray = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA)
+        cv2.imwrite(str(out / "images" / name), gray)
+        if progress and ((i + 1) % 500 == 0 or i + 1 == images):
+            progress(f"make-synthetic: {i + 1}/{images} images")
+    return out
+
+
+def _patients(rng: np.random.Generator, images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's patient and follow-up number: 1 + geometric studies a patient, about 3.6 as in NIH."""
+    patient_of, follow_up = [], []
+    patient = 0
+    while len(patient_of) < images:
+        patient += 1
+        for f in range(min(rng.geometric(1 / 3.6), images - len(patient_of))):
+            patient_of.append(patient)
+            follow_up.append(f)
+    return np.array(patient_of), np.array(follow_up)
+
+
+def _write_metadata(path: Path, names, labels, patient_of, follow_up, size: int, rng: np.random.Generator) -> None:
+    """``Data_Entry_2017.csv`` with NIH's header; age, sex and view drawn from ``rng``."""
+    with open(path, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(METADATA_HEADER)
         for i, name in enumerate(names):
@@ -221,14 +241,3 @@ def make_synthetic(
                     0.143,
                 ]
             )
-    for fname, mask in (("train_val_list.txt", ~in_test), ("test_list.txt", in_test)):
-        (out / fname).write_text("\n".join(n for n, m in zip(names, mask) if m) + "\n")
-
-    for i, name in enumerate(names):
-        gray = render_image(labels[i], rng, size)
-        if rng.random() < 0.005:  # NIH has a few RGBA PNGs (519 of 112,120); so do we
-            gray = cv2.cvtColor(gray, cv2.COLOR_GRAY2BGRA)
-        cv2.imwrite(str(out / "images" / name), gray)
-        if progress and ((i + 1) % 500 == 0 or i + 1 == images):
-            progress(f"make-synthetic: {i + 1}/{images} images")
-    return out

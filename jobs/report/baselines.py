@@ -110,15 +110,7 @@ def score_predictions(
     probs = file_probs[[row_of[n] for n in scored]]
     labels = np.asarray(split_labels, dtype=np.uint8)[[label_row[n] for n in scored]]
 
-    val_names, val_labels = val if val is not None else ([], np.zeros((0, NUM_CLASSES), dtype=np.uint8))
-    val_in_file = [(i, row_of[n]) for i, n in enumerate(val_names) if n in row_of and n not in label_row]
-    if val_in_file:
-        val_idx, file_idx = (list(t) for t in zip(*val_in_file))
-        thresholds = best_f1_thresholds(np.asarray(val_labels)[val_idx], file_probs[file_idx])
-        source = f"validation ({len(val_in_file):,} images in the file)"
-    else:
-        thresholds = np.full(NUM_CLASSES, float(threshold))
-        source = f"fixed {threshold:g}"
+    thresholds, source, val_rows = _thresholds(row_of, file_probs, set(label_row), val, threshold)
     return BaselineScore(
         name=name,
         split=split,
@@ -131,9 +123,27 @@ def score_predictions(
         threshold_source=source,
         split_images=len(split_names),
         missing=len(split_names) - len(scored),
-        extra=len(file_names) - len(scored) - len(val_in_file),
-        val_rows=len(val_in_file),
+        extra=len(file_names) - len(scored) - val_rows,
+        val_rows=val_rows,
     )
+
+
+def _thresholds(
+    row_of: dict[str, int],
+    file_probs: np.ndarray,
+    scored_split: set[str],
+    val: tuple[list[str], np.ndarray] | None,
+    threshold: float,
+) -> tuple[np.ndarray, str, int]:
+    """F1 thresholds from the file's validation rows (never the scored split's), else ``threshold``:
+    the thresholds, where they came from, and how many validation rows the file has."""
+    val_names, val_labels = val if val is not None else ([], np.zeros((0, NUM_CLASSES), dtype=np.uint8))
+    val_in_file = [(i, row_of[n]) for i, n in enumerate(val_names) if n in row_of and n not in scored_split]
+    if not val_in_file:
+        return np.full(NUM_CLASSES, float(threshold)), f"fixed {threshold:g}", 0
+    val_idx, file_idx = (list(t) for t in zip(*val_in_file))
+    thresholds = best_f1_thresholds(np.asarray(val_labels)[val_idx], file_probs[file_idx])
+    return thresholds, f"validation ({len(val_in_file):,} images in the file)", len(val_in_file)
 
 
 # ---------------------------------------------------------------- write-ups

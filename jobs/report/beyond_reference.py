@@ -43,23 +43,7 @@ def beyond_reference(
         "seeds and architectures is noise.",
     ]
     files: dict[str, list[list]] = {}
-    counts_by_n: dict[int, np.ndarray] = {}
-    results: list[tuple[str, seeds.ArchitectureAnalysis]] = []
-    scorers: dict[str, comparison.Scorer] = {}
-    for arch, runs in inputs:
-        n = len(runs[0].test.names)
-        if n not in counts_by_n:  # every run of a study is scored on the same resamples
-            counts_by_n[n] = resample_counts(n, options.resamples)
-        result = seeds.architecture_analysis(display_name(arch), runs, counts_by_n[n])
-        results.append((arch, result))
-        text.append(result.text)
-        text.append(f"![{display_name(arch)}: per-class AUROC across seeds](figures/{arch}_seed_spread.png)")
-        files.update({f"{arch}_{name}": rows for name, rows in result.files.items()})
-        structured["architectures"][arch].update(result.structured)
-        scorers[arch] = comparison.Scorer(display_name(arch), result.ensemble.test)
-        scorers.update(
-            {f"{arch}:{r.seed}": comparison.Scorer(f"{display_name(arch)} seed {r.seed}", r.test) for r in runs}
-        )
+    results, scorers = per_architecture(inputs, options.resamples, text, files, structured)
     log(
         f"aggregate: {sum(len(r) for _, r in inputs)} runs' bootstrap intervals ({options.resamples:,} resamples) "
         f"and ensembles in {time.monotonic() - started:.1f}s"
@@ -94,6 +78,34 @@ def beyond_reference(
     ]
     log(f"aggregate: report beyond the reference in {time.monotonic() - started:.1f}s")
     return "\n\n".join(text), files, pngs
+
+
+def per_architecture(
+    inputs: list[tuple[str, list[seeds.RunPredictions]]],
+    resamples: int,
+    text: list[str],
+    files: dict[str, list[list]],
+    structured: dict,
+) -> tuple[list[tuple[str, seeds.ArchitectureAnalysis]], dict[str, comparison.Scorer]]:
+    """Each architecture's seed analysis, appended to ``text``, ``files`` and ``structured``; the analyses
+    and the scorers ``--compare`` may name (each architecture's ensemble and each run)."""
+    counts_by_n: dict[int, np.ndarray] = {}
+    results, scorers = [], {}
+    for arch, runs in inputs:
+        n = len(runs[0].test.names)
+        if n not in counts_by_n:  # every run of a study is scored on the same resamples
+            counts_by_n[n] = resample_counts(n, resamples)
+        result = seeds.architecture_analysis(display_name(arch), runs, counts_by_n[n])
+        results.append((arch, result))
+        text.append(result.text)
+        text.append(f"![{display_name(arch)}: per-class AUROC across seeds](figures/{arch}_seed_spread.png)")
+        files.update({f"{arch}_{name}": rows for name, rows in result.files.items()})
+        structured["architectures"][arch].update(result.structured)
+        scorers[arch] = comparison.Scorer(display_name(arch), result.ensemble.test)
+        scorers.update(
+            {f"{arch}:{r.seed}": comparison.Scorer(f"{display_name(arch)} seed {r.seed}", r.test) for r in runs}
+        )
+    return results, scorers
 
 
 def score_baselines(

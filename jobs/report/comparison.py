@@ -126,28 +126,12 @@ def baseline_section(
         b.name: interval(row_nanmean(bootstrap_auroc(b.labels, b.probs, resample_counts(len(b.names), resamples))))
         for b in baselines
     }
-
-    headers = ["Class"]
-    for e in ensembles:
-        headers += [f"{e.name} seeds", f"{e.name} ensemble"]
-    headers += [f"{b.name} ({len(b.names):,} images)" for b in baselines]
-    rows = []
-    for k, c in enumerate(CLASSES):
-        row = [c]
-        for e in ensembles:
-            row += [mean_std(list(seed_auroc[e.name][:, k])), fmt(e.auroc[k])]
-        rows.append(row + [fmt(b.auroc[k]) for b in baselines])
-    avg = ["**Average**"]
-    for e in ensembles:
-        avg += [mean_std([nanmean(a) for a in seed_auroc[e.name]]), fmt(nanmean(e.auroc))]
-    rows.append(avg + [fmt(b.avg_auroc) for b in baselines])
-
     text = [
         "## Comparison With External Baselines",
         "Predictions made by other systems, scored against this study's test labels (per-class AUROC; seeds as "
         "mean ± std). A baseline is scored on the test images its file has; the tests below compare it with each "
         "seed ensemble on exactly those images.",
-        markdown_table(headers, rows),
+        baseline_table(baselines, ensembles, seed_auroc),
     ]
     for b in baselines:
         text.append(
@@ -172,7 +156,34 @@ def baseline_section(
     for b in baselines:
         for k, c in enumerate(CLASSES):
             csv_rows.append([b.name, c, len(b.names), b.missing, b.extra, b.auroc[k], b.f1[k], b.thresholds[k]])
-    structured = {
+    return (
+        "\n\n".join(text),
+        {"baselines.csv": csv_rows, "baselines_delong.csv": delong_rows},
+        baselines_json(baselines, ci),
+    )
+
+
+def baseline_table(baselines: list[BaselineScore], ensembles: list[Ensemble], seed_auroc: dict[str, np.ndarray]) -> str:
+    """Per class: each architecture's seeds (mean ± std) and ensemble, then each baseline's AUROC."""
+    headers = ["Class"]
+    for e in ensembles:
+        headers += [f"{e.name} seeds", f"{e.name} ensemble"]
+    headers += [f"{b.name} ({len(b.names):,} images)" for b in baselines]
+    rows = []
+    for k, c in enumerate(CLASSES):
+        row = [c]
+        for e in ensembles:
+            row += [mean_std(list(seed_auroc[e.name][:, k])), fmt(e.auroc[k])]
+        rows.append(row + [fmt(b.auroc[k]) for b in baselines])
+    avg = ["**Average**"]
+    for e in ensembles:
+        avg += [mean_std([nanmean(a) for a in seed_auroc[e.name]]), fmt(nanmean(e.auroc))]
+    rows.append(avg + [fmt(b.avg_auroc) for b in baselines])
+    return markdown_table(headers, rows)
+
+
+def baselines_json(baselines: list[BaselineScore], ci: dict[str, tuple[float, float]]) -> dict:
+    return {
         b.name: {
             "images": len(b.names),
             "missing": b.missing,
@@ -186,4 +197,3 @@ def baseline_section(
         }
         for b in baselines
     }
-    return "\n\n".join(text), {"baselines.csv": csv_rows, "baselines_delong.csv": delong_rows}, structured

@@ -66,41 +66,82 @@ class ArchitectureAnalysis:
     avg_ci: np.ndarray  # (seeds, 2): bootstrap 95% interval of each seed's Avg AUROC
 
 
-def architecture_analysis(name: str, runs: list[RunPredictions], counts: np.ndarray) -> ArchitectureAnalysis:
-    """Seed spread, the seed ensemble, bootstrap intervals and the validation-chosen best seed."""
+@dataclass
+class SeedNumbers:
+    """What one architecture's seeds and their ensemble measure, before it is written up."""
+
+    runs: list[RunPredictions]  # sorted by seed
+    ensemble: Ensemble
+    counts: np.ndarray  # the bootstrap resamples (shared by every run of the study)
+    test_auroc: np.ndarray  # (seeds, 14)
+    avg_auroc: np.ndarray  # (seeds,)
+    boots: list[np.ndarray]  # per run: (resamples, 14) bootstrap AUROCs
+    avg_ci: np.ndarray  # (seeds, 2)
+    ens_ci: tuple[float, float]  # the ensemble's Avg AUROC interval
+    ens_class_ci: tuple[np.ndarray, np.ndarray]  # the ensemble's per-class interval (low, high)
+    per_image_std: float  # the predicted probability's std across seeds, on average
+    mean_prob: float
+
+
+def measure(name: str, runs: list[RunPredictions], counts: np.ndarray) -> SeedNumbers:
+    """Every run and the ensemble on the same bootstrap resamples of the test images."""
     runs = sorted(runs, key=lambda r: r.seed)
     ens = ensemble(name, runs)
-    test_auroc = np.array([auroc_per_class(r.test.labels, r.test.probs) for r in runs])  # (seeds, 14)
-    avg_auroc = np.array([nanmean(a) for a in test_auroc])
-
-    # Bootstrap: every run and the ensemble on the same resamples of the test images.
+    test_auroc = np.array([auroc_per_class(r.test.labels, r.test.probs) for r in runs])
     boots = [bootstrap_auroc(r.test.labels, r.test.probs, counts) for r in runs]
     ens_boot = bootstrap_auroc(ens.test.labels, ens.test.probs, counts)
-    avg_ci = np.array([interval(row_nanmean(b)) for b in boots])
-    ens_ci = interval(row_nanmean(ens_boot))
-    ens_lo, ens_hi = percentile_interval(ens_boot)
+    probs = np.array([r.test.probs for r in runs])
+    return SeedNumbers(
+        runs=runs,
+        ensemble=ens,
+        counts=counts,
+        test_auroc=test_auroc,
+        avg_auroc=np.array([nanmean(a) for a in test_auroc]),
+        boots=boots,
+        avg_ci=np.array([interval(row_nanmean(b)) for b in boots]),
+        ens_ci=interval(row_nanmean(ens_boot)),
+        ens_class_ci=percentile_interval(ens_boot),
+        # How much the seeds disagree on single images (Zech et al. 2019): what the ensemble averages out.
+        per_image_std=float(np.std(probs, axis=0, ddof=1).mean()) if len(runs) > 1 else 0.0,
+        mean_prob=float(probs.mean()),
+    )
 
+
+def architecture_analysis(name: str, runs: list[RunPredictions], counts: np.ndarray) -> ArchitectureAnalysis:
+    """Seed spread, the seed ensemble, bootstrap intervals and the validation-chosen best seed."""
+    n = measure(name, runs, counts)
+    pick_rows, optimism = best_seed_choices(n.runs, n.test_auroc)
+    return ArchitectureAnalysis(
+        seed_markdown(name, n, pick_rows, optimism),
+        seed_files(n),
+        seed_structured(n, pick_rows),
+        n.ensemble,
+        [r.seed for r in n.runs],
+        n.test_auroc,
+        n.avg_auroc,
+        n.avg_ci,
+    )
+
+
+def seed_markdown(name: str, n: SeedNumbers, pick_rows: list[list[str]], optimism: list[float]) -> str:
+    ens, runs, avg_auroc = n.ensemble, n.runs, n.avg_auroc
+    ens_lo, ens_hi = n.ens_class_ci
     class_rows = [
-        [c, mean_std(list(test_auroc[:, k])), fmt(ens.auroc[k]), _ci(ens_lo[k], ens_hi[k]), fmt(ens.f1[k])]
+        [c, mean_std(list(n.test_auroc[:, k])), fmt(ens.auroc[k]), _ci(ens_lo[k], ens_hi[k]), fmt(ens.f1[k])]
         for k, c in enumerate(CLASSES)
     ]
     class_rows.append(
-        ["**Average**", mean_std(list(avg_auroc)), fmt(nanmean(ens.auroc)), _ci(*ens_ci), fmt(nanmean(ens.f1))]
+        ["**Average**", mean_std(list(avg_auroc)), fmt(nanmean(ens.auroc)), _ci(*n.ens_ci), fmt(nanmean(ens.f1))]
     )
-    seed_rows = [[str(r.seed), fmt(a), _ci(*ci)] for r, a, ci in zip(runs, avg_auroc, avg_ci)]
-    seed_rows.append([f"Ensemble of {len(runs)}", fmt(nanmean(ens.auroc)), _ci(*ens_ci)])
-    pick_rows, optimism = best_seed_choices(runs, test_auroc)
-
+    seed_rows = [[str(r.seed), fmt(a), _ci(*ci)] for r, a, ci in zip(runs, avg_auroc, n.avg_ci)]
+    seed_rows.append([f"Ensemble of {len(runs)}", fmt(nanmean(ens.auroc)), _ci(*n.ens_ci)])
     gain = nanmean(ens.auroc) - float(avg_auroc.mean())
-    # How much the seeds disagree on single images (Zech et al. 2019): what the ensemble averages out.
-    per_image_std = float(np.std([r.test.probs for r in runs], axis=0, ddof=1).mean()) if len(runs) > 1 else 0.0
-    mean_prob = float(np.mean([r.test.probs for r in runs]))
     text = [
         f"## {name}: Seed Spread, Bootstrap Intervals and the Seed Ensemble",
         (
             f"Per class: mean ± std of the test AUROC over the {len(runs)} seeds, and the **seed ensemble** (the "
             f"seeds' test probabilities averaged; F1 at thresholds chosen on the averaged validation "
-            f"probabilities) with its bootstrap 95% interval ({counts.shape[0]:,} resamples of the "
+            f"probabilities) with its bootstrap 95% interval ({n.counts.shape[0]:,} resamples of the "
             f"{len(ens.test.names):,} test images, percentile method)."
         ),
         markdown_table(["Class", "Mean ± Std (seeds)", "Ensemble AUROC", "Ensemble 95% CI", "Ensemble F1"], class_rows),
@@ -110,8 +151,8 @@ def architecture_analysis(name: str, runs: list[RunPredictions], counts: np.ndar
             f"- The ensemble's Avg AUROC is {fmt(nanmean(ens.auroc))}: {gain:+.4f} over the mean seed "
             f"({fmt(float(avg_auroc.mean()))}) and {nanmean(ens.auroc) - float(avg_auroc.max()):+.4f} over the best "
             f"single seed ({fmt(float(avg_auroc.max()))}). On single images the seeds disagree: the predicted "
-            f"probability's std across seeds is {per_image_std:.4f} on average (mean probability {mean_prob:.4f}); "
-            "the ensemble averages that disagreement out."
+            f"probability's std across seeds is {n.per_image_std:.4f} on average (mean probability "
+            f"{n.mean_prob:.4f}); the ensemble averages that disagreement out."
         ),
         "Best seed per class chosen on **validation** (what a study can honestly report) next to the one chosen on "
         'test (the reference\'s "Best Seed per Class"), with the test AUROC each choice gets:',
@@ -123,46 +164,54 @@ def architecture_analysis(name: str, runs: list[RunPredictions], counts: np.ndar
             else "- No class has test positives."
         ),
     ]
-    files = {
+    return "\n\n".join(text)
+
+
+def seed_files(n: SeedNumbers) -> dict[str, list[list]]:
+    """``ensemble.csv`` and ``bootstrap_ci.csv`` of one architecture, as rows."""
+    ens, test_auroc, several = n.ensemble, n.test_auroc, len(n.runs) > 1
+    ens_lo, ens_hi = n.ens_class_ci
+    ensemble_rows = [
+        [
+            c,
+            np.nanmean(test_auroc[:, k]),
+            np.nanstd(test_auroc[:, k], ddof=1) if several else "",
+            ens.auroc[k],
+            ens_lo[k],
+            ens_hi[k],
+            ens.f1[k],
+        ]
+        for k, c in enumerate(CLASSES)
+    ]
+    ci_rows = [
+        [r.seed, c, test_auroc[i, k], lo_k, hi_k]
+        for i, r in enumerate(n.runs)
+        for k, (c, lo_k, hi_k) in enumerate(zip(CLASSES, *percentile_interval(n.boots[i])))
+    ]
+    return {
         "ensemble.csv": [
             ["Class", "Seeds Mean", "Seeds Std", "Ensemble AUROC", "CI Low", "CI High", "Ensemble F1"],
-            *(
-                [
-                    c,
-                    np.nanmean(test_auroc[:, k]),
-                    np.nanstd(test_auroc[:, k], ddof=1) if len(runs) > 1 else "",
-                    ens.auroc[k],
-                    ens_lo[k],
-                    ens_hi[k],
-                    ens.f1[k],
-                ]
-                for k, c in enumerate(CLASSES)
-            ),
+            *ensemble_rows,
         ],
-        "bootstrap_ci.csv": [
-            ["Seed", "Class", "AUROC", "CI Low", "CI High"],
-            *(
-                [r.seed, c, test_auroc[i, k], lo_k, hi_k]
-                for i, r in enumerate(runs)
-                for k, (c, lo_k, hi_k) in enumerate(zip(CLASSES, *percentile_interval(boots[i])))
-            ),
-        ],
+        "bootstrap_ci.csv": [["Seed", "Class", "AUROC", "CI Low", "CI High"], *ci_rows],
     }
-    structured = {
+
+
+def seed_structured(n: SeedNumbers, pick_rows: list[list[str]]) -> dict:
+    """One architecture's part of report.json beyond the reference."""
+    ens = n.ensemble
+    return {
         "ensemble": {
-            "seeds": [r.seed for r in runs],
+            "seeds": [r.seed for r in n.runs],
             "auroc": dict(zip(CLASSES, map(json_number, ens.auroc))),
             "f1": dict(zip(CLASSES, map(json_number, ens.f1))),
             "avg_auroc": json_number(nanmean(ens.auroc)),
-            "avg_auroc_ci": [json_number(v) for v in ens_ci],
+            "avg_auroc_ci": [json_number(v) for v in n.ens_ci],
         },
-        "avg_auroc_ci": {str(r.seed): [json_number(v) for v in ci] for r, ci in zip(runs, avg_ci)},
-        "per_image_probability_std_across_seeds": json_number(per_image_std),
+        "avg_auroc_ci": {str(r.seed): [json_number(v) for v in ci] for r, ci in zip(n.runs, n.avg_ci)},
+        "per_image_probability_std_across_seeds": json_number(n.per_image_std),
         "best_seed_on_validation": {row[0]: row[1] for row in pick_rows},
     }
-    return ArchitectureAnalysis(
-        "\n\n".join(text), files, structured, ens, [r.seed for r in runs], test_auroc, avg_auroc, avg_ci
-    )
 
 
 def best_seed_choices(runs: list[RunPredictions], test_auroc: np.ndarray) -> tuple[list[list[str]], list[float]]:
