@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.results import append_results  # noqa: E402
 from jobs.data.labels import CLASSES  # noqa: E402
 from jobs.scoring.predictions import predictions_csv  # noqa: E402
 from jobs.spec.study import expand, parse_study  # noqa: E402
@@ -138,12 +137,7 @@ def main() -> int:
     ]
     print("\n".join(lines))
     if not args.no_record:
-        with open(ROOT / "bench" / "results.md", "a") as fh:
-            fh.write(
-                f"\n## {time.strftime('%Y-%m-%d')} on {os.cpu_count()} cores ({platform.machine()})\n\n"
-                + "\n".join(f"- {line}" for line in lines)
-                + "\n"
-            )
+        append_results(lines)
     return 0
 
 
