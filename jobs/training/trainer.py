@@ -1,11 +1,11 @@
 """The train job: one (architecture, seed) run, from shards in the store to ``result.json``.
 
-Read top to bottom: seed, data, model, optimizer, loop (train, validate, checkpoint), final test
-evaluation of the best-on-validation checkpoint. Everything lands under
-``studies/<study>/jobs/<job>/`` in the store:
+Read top to bottom: :func:`run` is the whole run (start or resume, epochs, final test of the best
+checkpoint); :meth:`Trainer.run_epoch` is one epoch (train, validate, keep the best, log, checkpoint);
+:meth:`Trainer.train_steps` is its steps. Everything lands under ``studies/<study>/jobs/<job>/`` in the store:
 
     metrics.jsonl            one line per finished epoch (train/val loss, per-class val AUROC, lr)
-    checkpoints/last.pt      model, optimizer, scheduler, RNG states, epoch, early-stopping state
+    checkpoints/last.pt      model, optimizer, scheduler, RNG states, the run's progress (:mod:`.checkpoints`)
     checkpoints/best.pt      the model at the best validation score so far
     predictions_val.csv      per-image probabilities (and labels) on validation, from best.pt
     predictions_test.csv     the same on test: the input of ensembles, CIs and significance tests
@@ -20,7 +20,6 @@ The job's entry is :mod:`jobs.train` (``python -m jobs.train --job job.json --st
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -36,18 +35,22 @@ from jobs.data.labels import CLASSES
 from jobs.data.loader import ShardStream, make_loader
 from jobs.data.manifest import load_manifest
 from jobs.errors import CxrStudyError
-from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, nanmean
+from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
 from jobs.scoring.predictions import predictions_csv
-from jobs.spec.configs import TrainConfig
 from jobs.spec.runs import JobSpec
 from jobs.store import Store
 from jobs.store.records import write_result
+from jobs.training import checkpoints
+from jobs.training.checkpoints import RunProgress
 from jobs.training.losses import create_loss
 from jobs.training.models import GRAY_MEAN, GRAY_STD, create_model
+from jobs.training.optim import make_optimizer, make_schedule
 
 # Called after every training step with the run's position; returns None to go on, "checkpoint" to
 # save last.pt here and stop (SIGTERM, cancel), or "abandon" to stop without writing (lease lost).
 StepHook = Callable[[dict], "str | None"]
+# Called after every finished epoch with its metrics.jsonl record.
+EpochHook = Callable[[dict], None]
 
 
 def seed_everything(seed: int, epoch: int) -> None:
@@ -58,28 +61,42 @@ def seed_everything(seed: int, epoch: int) -> None:
     random.seed(value)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on norms and biases: decaying BatchNorm scales hurts small-batch training.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Linear warm-up from 1% to 100%, then cosine to ``min_lr_ratio`` (or constant)."""
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    if step < warmup:
-        return 0.01 + 0.99 * step / warmup
-    if cfg.schedule == "constant":
-        return 1.0
-    total = max(cfg.epochs * steps_per_epoch - warmup, 1)
-    progress = min((step - warmup) / total, 1.0)
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def run(
+    job: JobSpec,
+    store: Store,
+    *,
+    device: torch.device | None = None,
+    log: Callable[[str], None] = print,
+    on_epoch: EpochHook | None = None,
+    on_step: StepHook | None = None,
+) -> dict | None:
+    """Train, validate and test one run; returns ``result.json``'s content, or None when ``on_step``
+    stopped it (the checkpoint then holds the position; a re-run continues from there).
+
+    Args:
+        job: the run: architecture, seed, training config, data prefix, and the store keys of its outputs.
+        store: where the shards are read and the outputs written.
+        device: where to train; None picks CUDA when available, else the CPU.
+        log: receives one line per start, epoch and end (and every 30 s inside an epoch).
+        on_epoch: receives each finished epoch's metrics.jsonl record.
+        on_step: receives the position after every step; its answer can stop the run (see ``StepHook``).
+    """
+    if store.exists(job.keys.result):
+        log(f"{job.job_id}: result.json exists; skipped")
+        return json.loads(store.get_text(job.keys.result))
+    trainer = Trainer(job, store, device or pick_device(), log)
+    trainer.start_or_resume()
+    started = time.monotonic()
+    for epoch in range(trainer.progress.epoch, job.training.epochs):
+        if trainer.out_of_patience():
+            break
+        if not trainer.run_epoch(epoch, on_step, on_epoch):
+            return None  # on_step stopped the run inside the epoch
+    return trainer.test_best(started)
 
 
 class Evaluation:
@@ -93,9 +110,25 @@ class Evaluation:
     def auroc(self) -> np.ndarray:
         return auroc_per_class(self.labels, self.probs)
 
+    def summary(self, thresholds: np.ndarray | None = None) -> dict:
+        """Images, loss and AUROC for ``result.json``; with ``thresholds``, F1 at those thresholds too."""
+        auroc = self.auroc()
+        head = {"images": len(self.names), "loss": round(self.loss, 6), "avg_auroc": json_number(nanmean(auroc))}
+        if thresholds is None:
+            return {**head, "auroc": dict(zip(CLASSES, map(json_number, auroc)))}
+        f1 = f1_per_class(self.labels, self.probs, thresholds)
+        f1 = np.where(self.labels.sum(axis=0) > 0, f1, np.nan)  # F1 is undefined without positives
+        return {
+            **head,
+            "avg_f1": json_number(nanmean(f1)),
+            "auroc": dict(zip(CLASSES, map(json_number, auroc))),
+            "f1": dict(zip(CLASSES, map(json_number, f1))),
+            "thresholds": {c: round(float(v), 6) for c, v in zip(CLASSES, thresholds)},
+        }
+
 
 class Trainer:
-    """The state of one run between epochs: model, optimizer, schedule, data, early stopping."""
+    """One run: model, loss, optimizer, schedule, data, and its :class:`RunProgress` (what a resume restores)."""
 
     def __init__(self, job: JobSpec, store: Store, device: torch.device, log: Callable[[str], None]):
         self.job, self.store, self.device, self.log = job, store, device, log
@@ -122,19 +155,8 @@ class Trainer:
         self.loss_fn = create_loss(cfg.loss.name, **cfg.loss.args)
         self.optimizer = make_optimizer(cfg, self.model)
         self.steps_per_epoch = max(1, self.manifest["splits"]["train"]["images"] // cfg.batch_size)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, cfg, self.steps_per_epoch)
-        )
-        # epoch: epochs finished; step/partial_*: progress inside the unfinished epoch (interrupted runs).
-        self.state = {
-            "epoch": 0,
-            "best_score": None,
-            "best_epoch": -1,
-            "bad_epochs": 0,
-            "step": 0,
-            "partial_loss": 0.0,
-            "partial_count": 0,
-        }
+        self.scheduler = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
+        self.progress = RunProgress()
 
     # --- data ---------------------------------------------------------------------------------
     def train_prevalence(self) -> list[float]:
@@ -164,17 +186,83 @@ class Trainer:
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp)
 
-    # --- one epoch ------------------------------------------------------------------------------
-    def train_epoch(self, epoch: int, on_step: StepHook | None = None) -> float | None:
-        """Train one epoch; the mean training loss, or None when ``on_step`` asked to stop.
+    # --- the run ------------------------------------------------------------------------------
+    def start_or_resume(self) -> None:
+        """Continue from ``last.pt`` if there is one (weights, optimizer, RNGs, progress); log where the run starts."""
+        job, cfg = self.job, self.cfg
+        resumed = checkpoints.load_last(self.store, job, self.device, self.model, self.optimizer, self.scheduler)
+        if resumed is not None:
+            self.progress = resumed
+            where = f" step {resumed.step}/{self.steps_per_epoch}" if resumed.step else ""
+            self.log(
+                f"{job.job_id}: resuming from checkpoints/last.pt at epoch {resumed.epoch + 1}/{cfg.epochs}{where}"
+            )
+            return
+        splits = self.manifest["splits"]
+        self.log(
+            f"{job.job_id}: training {job.architecture} seed {job.seed} on {self.device.type} for {cfg.epochs} "
+            f"epochs ({splits['train']['images']:,} train / {splits['val']['images']:,} val images)"
+        )
+
+    def out_of_patience(self) -> bool:
+        return bool(self.cfg.patience) and self.progress.bad_epochs >= self.cfg.patience
+
+    def run_epoch(self, epoch: int, on_step: StepHook | None = None, on_epoch: EpochHook | None = None) -> bool:
+        """One epoch: train, recalibrate BatchNorm, validate, keep the best, append metrics, checkpoint, log.
+
+        Returns False when ``on_step`` stopped the run inside the epoch (nothing after training then happens).
+        """
+        job, cfg, p = self.job, self.cfg, self.progress
+        started = time.monotonic()
+        if not p.step:  # an interrupted epoch continues with the RNG states of its checkpoint
+            seed_everything(job.seed, epoch)
+        train_loss = self.train_steps(epoch, on_step)
+        if train_loss is None:
+            return False
+        if cfg.bn_recalibrate:
+            self.recalibrate_batchnorm(epoch)
+        val = self.evaluate("val")
+        val_auroc = val.auroc()
+        score = nanmean(val_auroc) if cfg.monitor == "val_auroc" else -val.loss
+        improved = p.best_score is None or (not math.isnan(score) and score > p.best_score)
+        if improved:
+            p.best_score, p.best_epoch, p.bad_epochs = score, epoch, 0
+            checkpoints.save_best(self.store, job, self.model, epoch)
+        else:
+            p.bad_epochs += 1
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": round(train_loss, 6),
+            "val_loss": round(val.loss, 6),
+            "val_avg_auroc": json_number(nanmean(val_auroc)),
+            "val_auroc": dict(zip(CLASSES, map(json_number, val_auroc))),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.monotonic() - started, 2),
+            "best": improved,
+        }
+        self.append_metrics(record)
+        p.epoch = epoch + 1
+        self.save_last()
+        self.log(
+            f"{job.job_id}: epoch {epoch + 1}/{cfg.epochs} train loss {train_loss:.4f} val loss {val.loss:.4f} "
+            f"val AUROC {nanmean(val_auroc):.4f}{' (best)' if improved else ''} [{record['seconds']:.0f}s]"
+        )
+        if on_epoch:
+            on_epoch(record)
+        if self.out_of_patience():
+            self.log(f"{job.job_id}: no improvement for {cfg.patience} epochs; stopping early")
+        return True
+
+    def train_steps(self, epoch: int, on_step: StepHook | None = None) -> float | None:
+        """Train one epoch's steps; the mean training loss, or None when ``on_step`` asked to stop.
 
         An epoch interrupted by a stop request (SIGTERM, cancel) is checkpointed with its position:
         the resumed run skips the batches already trained (the stream is a function of the seed and
         epoch, the global RNGs come from the checkpoint), so it continues the same run.
         """
+        job, cfg, p = self.job, self.cfg, self.progress
         self.model.train()
-        done = self.state["step"]
-        total, count = self.state["partial_loss"], self.state["partial_count"]
+        done = p.step
         start, last_log = time.monotonic(), time.monotonic()
         for step, (images, labels, _) in enumerate(self.loader("train", epoch, train=True), start=1):
             if step <= done:
@@ -186,40 +274,45 @@ class Trainer:
             loss.backward()
             self.optimizer.step()
             self.scheduler.step()
-            total, count = total + loss.item() * len(images), count + len(images)
-            self.state.update(step=step, partial_loss=total, partial_count=count)
+            p.step = step
+            p.partial_loss += loss.item() * len(images)
+            p.partial_count += len(images)
             if time.monotonic() - last_log > 30:
                 last_log = time.monotonic()
                 self.log(
-                    f"{self.job.job_id}: epoch {epoch + 1}/{self.cfg.epochs} step {step}/{self.steps_per_epoch} "
-                    f"loss {total / count:.4f} ({count / (last_log - start):.1f} img/s)"
+                    f"{job.job_id}: epoch {epoch + 1}/{cfg.epochs} step {step}/{self.steps_per_epoch} "
+                    f"loss {p.partial_loss / p.partial_count:.4f} ({p.partial_count / (last_log - start):.1f} img/s)"
                 )
-            if on_step:
-                directive = on_step(
-                    {
-                        "epoch": epoch + 1,
-                        "epochs": self.cfg.epochs,
-                        "step": step,
-                        "steps": self.steps_per_epoch,
-                        "train_loss": round(total / count, 6),
-                    }
-                )
-                if directive == "abandon":
-                    return None
-                if directive == "checkpoint":
-                    self.save_last()
-                    self.log(
-                        f"{self.job.job_id}: stop requested; checkpoint saved at epoch {epoch + 1} "
-                        f"step {step}/{self.steps_per_epoch}"
-                    )
-                    return None
-        if count == 0:
+            if on_step and self._stop_requested(on_step, epoch):
+                return None
+        if p.partial_count == 0:
             raise CxrStudyError(
-                f"{self.job.job_id}: the train split has fewer images than one batch "
-                f"({self.cfg.batch_size}); lower training.batch_size"
+                f"{job.job_id}: the train split has fewer images than one batch ({cfg.batch_size}); "
+                "lower training.batch_size"
             )
-        self.state.update(step=0, partial_loss=0.0, partial_count=0)
-        return total / count
+        train_loss = p.partial_loss / p.partial_count
+        p.step, p.partial_loss, p.partial_count = 0, 0.0, 0  # the epoch is whole
+        return train_loss
+
+    def _stop_requested(self, on_step: StepHook, epoch: int) -> bool:
+        """Tell ``on_step`` the position; on "checkpoint" save ``last.pt`` here. True to stop the run."""
+        p = self.progress
+        directive = on_step(
+            {
+                "epoch": epoch + 1,
+                "epochs": self.cfg.epochs,
+                "step": p.step,
+                "steps": self.steps_per_epoch,
+                "train_loss": round(p.partial_loss / p.partial_count, 6),
+            }
+        )
+        if directive == "checkpoint":
+            self.save_last()
+            self.log(
+                f"{self.job.job_id}: stop requested; checkpoint saved at epoch {epoch + 1} "
+                f"step {p.step}/{self.steps_per_epoch}"
+            )
+        return directive in ("checkpoint", "abandon")
 
     @torch.no_grad()
     def recalibrate_batchnorm(self, epoch: int) -> None:
@@ -258,187 +351,48 @@ class Trainer:
             names.extend(batch_names)
         return Evaluation(names, np.concatenate(probs), np.concatenate(labels).astype(np.uint8), loss_sum / len(names))
 
-    # --- checkpoints --------------------------------------------------------------------------------
-    def _put(self, name: str, obj: dict) -> None:
-        buf = io.BytesIO()
-        torch.save(obj, buf)
-        self.store.put_bytes(self.job.keys.checkpoint(name), buf.getvalue())
-
-    def _get(self, name: str) -> dict:
-        data = self.store.get_bytes(self.job.keys.checkpoint(name))
-        return torch.load(io.BytesIO(data), map_location=self.device, weights_only=True)
-
+    # --- outputs ------------------------------------------------------------------------------
     def save_last(self) -> None:
-        np_state = np.random.get_state()
-        self._put(
-            "last.pt",
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                **self.state,
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "python": random.getstate(),
-                    "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-                },
-                "job": self.job.to_json(),
-            },
-        )
-
-    def resume(self) -> bool:
-        if not self.store.exists(self.job.keys.checkpoint("last.pt")):
-            return False
-        ckpt = self._get("last.pt")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.state.update({k: ckpt[k] for k in self.state if k in ckpt})
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        random.setstate(ckpt["rng"]["python"])
-        kind, keys, *rest = ckpt["rng"]["numpy"]
-        np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
-        return True
-
-    # --- metrics log ---------------------------------------------------------------------------------
-    def metrics_lines(self) -> list[str]:
-        key = self.job.keys.metrics
-        return self.store.get_text(key).splitlines() if self.store.exists(key) else []
+        checkpoints.save_last(self.store, self.job, self.model, self.optimizer, self.scheduler, self.progress)
 
     def append_metrics(self, record: dict) -> None:
+        key = self.job.keys.metrics
+        lines = self.store.get_text(key).splitlines() if self.store.exists(key) else []
         # Drop lines of epochs past the checkpoint: written by a run killed before its last.pt landed.
-        lines = [ln for ln in self.metrics_lines() if json.loads(ln)["epoch"] < record["epoch"]]
+        lines = [ln for ln in lines if json.loads(ln)["epoch"] < record["epoch"]]
         lines.append(json.dumps(record))
-        self.store.put_text(self.job.keys.metrics, "\n".join(lines) + "\n")
+        self.store.put_text(key, "\n".join(lines) + "\n")
 
+    def test_best(self, started: float) -> dict:
+        """Evaluate ``best.pt``: thresholds from validation, metrics on test; write predictions and ``result.json``.
 
-def _clean(values: np.ndarray) -> dict[str, float | None]:
-    return {c: (None if math.isnan(v) else round(float(v), 6)) for c, v in zip(CLASSES, values)}
-
-
-def _none_if_nan(x: float) -> float | None:
-    return None if math.isnan(x) else round(x, 6)
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def run(
-    job: JobSpec,
-    store: Store,
-    *,
-    device: torch.device | None = None,
-    log: Callable[[str], None] = print,
-    on_epoch: Callable[[dict], None] | None = None,
-    on_step: StepHook | None = None,
-) -> dict | None:
-    """Train, validate and test one run; returns ``result.json``'s content, or None when ``on_step``
-    stopped it (the checkpoint then holds the position; a re-run continues from there)."""
-    result_key = job.keys.result
-    if store.exists(result_key):
-        log(f"{job.job_id}: result.json exists; skipped")
-        return json.loads(store.get_text(result_key))
-    t = Trainer(job, store, device or pick_device(), log)
-    cfg, state = job.training, t.state
-    if t.resume():
-        state = t.state
-        where = f" step {state['step']}/{t.steps_per_epoch}" if state["step"] else ""
-        log(f"{job.job_id}: resuming from checkpoints/last.pt at epoch {state['epoch'] + 1}/{cfg.epochs}{where}")
-    else:
-        log(
-            f"{job.job_id}: training {job.architecture} seed {job.seed} on {t.device.type} for {cfg.epochs} "
-            f"epochs ({t.manifest['splits']['train']['images']:,} train / "
-            f"{t.manifest['splits']['val']['images']:,} val images)"
-        )
-    started = time.monotonic()
-    for epoch in range(state["epoch"], cfg.epochs):
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            break
-        epoch_start = time.monotonic()
-        if not state["step"]:  # an interrupted epoch continues with the RNG states of its checkpoint
-            seed_everything(job.seed, epoch)
-        train_loss = t.train_epoch(epoch, on_step)
-        if train_loss is None:
-            return None
-        if cfg.bn_recalibrate:
-            t.recalibrate_batchnorm(epoch)
-        val = t.evaluate("val")
-        val_auroc = val.auroc()
-        score = nanmean(val_auroc) if cfg.monitor == "val_auroc" else -val.loss
-        improved = state["best_score"] is None or (not math.isnan(score) and score > state["best_score"])
-        if improved:
-            state.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-            t._put("best.pt", {"model": t.model.state_dict(), "epoch": epoch})
-        else:
-            state["bad_epochs"] += 1
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": round(train_loss, 6),
-            "val_loss": round(val.loss, 6),
-            "val_avg_auroc": _none_if_nan(nanmean(val_auroc)),
-            "val_auroc": _clean(val_auroc),
-            "lr": t.optimizer.param_groups[0]["lr"],
-            "seconds": round(time.monotonic() - epoch_start, 2),
-            "best": improved,
+        Args:
+            started: ``time.monotonic()`` when training started (``train_seconds`` counts from it).
+        """
+        job = self.job
+        best_epoch = checkpoints.load_best(self.store, job, self.device, self.model)
+        val, test = self.evaluate("val"), self.evaluate("test")
+        thresholds = best_f1_thresholds(val.labels, val.probs)  # chosen on validation, never on test
+        test_summary, val_summary = test.summary(thresholds), val.summary()
+        result = {
+            "status": "succeeded",
+            "study_id": job.study_id,
+            "job_id": job.job_id,
+            "architecture": job.architecture,
+            "seed": job.seed,
+            "best_epoch": best_epoch + 1,
+            "epochs_run": self.progress.epoch,
+            "device": str(self.device),
+            "train_seconds": round(time.monotonic() - started, 1),
+            "classes": list(CLASSES),
+            "test": test_summary,
+            "val": val_summary,
         }
-        t.append_metrics(record)
-        state["epoch"] = epoch + 1
-        t.save_last()
-        log(
-            f"{job.job_id}: epoch {epoch + 1}/{cfg.epochs} train loss {train_loss:.4f} val loss {val.loss:.4f} "
-            f"val AUROC {nanmean(val_auroc):.4f}{' (best)' if improved else ''} [{record['seconds']:.0f}s]"
+        for split, ev in (("val", val), ("test", test)):
+            self.store.put_text(job.keys.predictions(split), predictions_csv(ev.names, ev.probs, ev.labels))
+        write_result(self.store, job, result)
+        self.log(
+            f"{job.job_id}: test loss {test.loss:.4f} Avg AUROC {test_summary['avg_auroc']:.4f} "
+            f"Avg F1 {test_summary['avg_f1']:.4f} (best epoch {best_epoch + 1})"
         )
-        if on_epoch:
-            on_epoch(record)
-        if cfg.patience and state["bad_epochs"] >= cfg.patience:
-            log(f"{job.job_id}: no improvement for {cfg.patience} epochs; stopping early")
-            break
-    return finish(t, started)
-
-
-def finish(t: Trainer, train_seconds_start: float) -> dict:
-    """Evaluate the best checkpoint: thresholds from validation, metrics on test; write the outputs."""
-    job, store = t.job, t.store
-    best = t._get("best.pt")
-    t.model.load_state_dict(best["model"])
-    val, test = t.evaluate("val"), t.evaluate("test")
-    thresholds = best_f1_thresholds(val.labels, val.probs)  # chosen on validation, never on test
-    test_auroc, test_f1 = test.auroc(), f1_per_class(test.labels, test.probs, thresholds)
-    test_f1 = np.where(test.labels.sum(axis=0) > 0, test_f1, np.nan)  # F1 is undefined without positives
-    val_auroc = val.auroc()
-    result = {
-        "status": "succeeded",
-        "study_id": job.study_id,
-        "job_id": job.job_id,
-        "architecture": job.architecture,
-        "seed": job.seed,
-        "best_epoch": best["epoch"] + 1,
-        "epochs_run": t.state["epoch"],
-        "device": str(t.device),
-        "train_seconds": round(time.monotonic() - train_seconds_start, 1),
-        "classes": list(CLASSES),
-        "test": {
-            "images": len(test.names),
-            "loss": round(test.loss, 6),
-            "avg_auroc": _none_if_nan(nanmean(test_auroc)),
-            "avg_f1": _none_if_nan(nanmean(test_f1)),
-            "auroc": _clean(test_auroc),
-            "f1": _clean(test_f1),
-            "thresholds": {c: round(float(v), 6) for c, v in zip(CLASSES, thresholds)},
-        },
-        "val": {
-            "images": len(val.names),
-            "loss": round(val.loss, 6),
-            "avg_auroc": _none_if_nan(nanmean(val_auroc)),
-            "auroc": _clean(val_auroc),
-        },
-    }
-    for split, ev in (("val", val), ("test", test)):
-        store.put_text(job.keys.predictions(split), predictions_csv(ev.names, ev.probs, ev.labels))
-    write_result(store, job, result)
-    t.log(
-        f"{job.job_id}: test loss {test.loss:.4f} Avg AUROC {result['test']['avg_auroc']:.4f} "
-        f"Avg F1 {result['test']['avg_f1']:.4f} (best epoch {result['best_epoch']})"
-    )
-    return result
+        return result

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from jobs import train
-from jobs.training import trainer
 from jobs.data.labels import CLASSES
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class
 from jobs.spec.study import JobSpec, TrainConfig
+from jobs.training import trainer
 
 TINY = TrainConfig(epochs=3, batch_size=16, lr=3e-3, warmup_epochs=0.2, patience=0, weight_decay=1e-4)
 
