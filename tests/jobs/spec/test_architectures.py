@@ -28,5 +28,6 @@ def test_known_names_pass_and_a_typo_names_the_nearest():
 
 
 def test_a_study_file_with_an_unknown_architecture_names_file_and_field():
-    with pytest.raises(StudyFileError, match=r"^s\.yaml: runs\.efficientnet_b9: unknown architecture 'efficientnet_b9'"):
+    pattern = r"^s\.yaml: runs\.efficientnet_b9: unknown architecture 'efficientnet_b9'"
+    with pytest.raises(StudyFileError, match=pattern):
         parse_study({"name": "a", "dataset": "d", "runs": {"efficientnet_b9": [1]}}, "s.yaml")
