@@ -22,6 +22,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from jobs.data.labels import CLASSES, NUM_CLASSES
 from jobs.scoring import metrics
@@ -58,7 +59,7 @@ def _seed_style(i: int) -> tuple[str, str]:
 
 
 def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False- and true-positive rates of one class, as ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
+    """False- and true-positive rates of one class: ``sklearn.metrics.roc_curve(drop_intermediate=False)``.
 
     One threshold per distinct score, highest first (tied scores move the curve in one step), starting at
     (0, 0) and ending at (1, 1).
@@ -74,13 +75,8 @@ def roc_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     n_pos = int(labels.sum())
     if n_pos == 0 or n_pos == len(labels):
         raise ValueError(f"roc_curve: only one class present ({n_pos} positives of {len(labels)}); no ROC curve")
-    order = np.argsort(scores, kind="mergesort")[::-1]
-    s, y = scores[order], labels[order]
-    last_of_run = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # a threshold sits after each distinct score
-    tps = np.cumsum(y, dtype=np.float64)[last_of_run]
-    fps = 1.0 + last_of_run - tps
-    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-    return fps / fps[-1], tps / tps[-1]
+    fpr, tpr, _ = sklearn_roc_curve(labels, scores, drop_intermediate=False)
+    return fpr, tpr
 
 
 def _class_label(k: int, missing: int, total: int) -> str:
