@@ -58,3 +58,8 @@ def test_best_threshold_known_value_and_no_positive_case():
     assert best_f1_threshold([1, 0, 1, 0], [0.9, 0.7, 0.6, 0.1]) == 0.6
     assert best_f1_threshold([0, 0], [0.3, 0.2]) == 1.0
     assert best_f1_thresholds(np.array([[1], [0]]), np.array([[0.8], [0.2]])).tolist() == [0.8]
+
+
+def test_of_thresholds_with_equal_f1_the_highest_wins():
+    # t=0.9: F1 2*1/(1+2) = 2/3; t=0.6 (predict all): 2*2/(4+2) = 2/3; 0.8 and 0.7 are lower
+    assert best_f1_threshold([1, 0, 0, 1], [0.9, 0.8, 0.7, 0.6]) == 0.9
