@@ -37,9 +37,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--out", default="cxrstudy-demo", help="output folder (default: ./cxrstudy-demo)")
     p.add_argument("--images", type=int, default=2000, help="synthetic images to generate (default 2000)")
     p.add_argument("--dataset", help="use this NIH-format folder instead of generating one")
-    p.set_defaults(func=commands.cmd_demo)
-
     p.add_argument("--workers", type=int, default=1, help="worker processes to start (default 1)")
+    p.set_defaults(func=commands.cmd_demo)
 
 
 def _add_study_commands(sub) -> None:

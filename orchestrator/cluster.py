@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -24,8 +23,6 @@ from kubernetes.utils.quantity import parse_quantity
 
 from jobs.errors import ConfigError
 from orchestrator.kube import call, one_line
-
-T = TypeVar("T")
 
 APP = "cxrstudy"
 GPU = "nvidia.com/gpu"

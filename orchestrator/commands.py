@@ -81,7 +81,7 @@ def cmd_run(args) -> None:
     store = open_store(args.store)
     sid, report, failed = run_study(study, store, log=log)
     log(f"study {sid} done: {report}")
-    print(store.get_text(layout.report_key(sid, "report.md")))
+    print(store.get_text(layout.report_markdown_key(sid)))
     if failed:
         raise CxrStudyError(f"study {sid}: {failed} run(s) failed; the report lists them with their errors")
 

@@ -25,6 +25,7 @@ from jobs.store.records import (
     clear_ending,
     read_json,
     read_study,
+    run_state,
     study_ids,
     study_jobs,
     study_states,
@@ -62,7 +63,7 @@ def submit(study: Study, settings: Settings, log: Callable[[str], None] = print)
     if manifest_exists(store, registered.data_prefix):
         from worker.tasks import enqueue_train
 
-        pending = [j.job_id for j in jobs if not store.exists(j.keys.result)]
+        pending = [j.job_id for j in jobs if not run_state(store, j).ended]
         enqueue_train(app, sid, pending)
         log(f"study {sid}: shards exist; {len(pending)} of {len(jobs)} runs enqueued on the gpu queue")
     else:
@@ -137,7 +138,7 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
 def status(sid: str, settings: Settings, as_json: bool = False) -> str:
     store, coord = connect(settings)
     doc, rows = status_rows(store, sid, settings.stale_after)
-    report = store.exists(layout.report_key(sid, "report.md"))
+    report = store.exists(layout.report_markdown_key(sid))
     depths = coord.queue_depths()
     if as_json:
         return json.dumps(
@@ -148,7 +149,7 @@ def status(sid: str, settings: Settings, as_json: bool = False) -> str:
 
 def report_ready(store: Store, sid: str, stale_after: float) -> bool:
     """The report exists and was written after every run ended."""
-    report = read_json(store, layout.report_key(sid, "report.json"))
+    report = read_json(store, layout.report_json_key(sid))
     if report is None:
         return False
     _, states = study_states(store, sid, stale_after)
@@ -199,7 +200,7 @@ def wait(
 def results(sid: str, settings: Settings, out: str | None) -> str:
     store = open_store(settings.need("store").store)
     read_study(store, sid)
-    key = layout.report_key(sid, "report.md")
+    key = layout.report_markdown_key(sid)
     if not store.exists(key):
         raise CxrStudyError(f"study {sid} has no report yet; `cxrstudy status {sid}` shows its runs")
     if out:
@@ -242,7 +243,7 @@ def resume(sid: str, settings: Settings) -> str:
     enqueue_train(app, sid, pending)
     if not pending:
         maybe_aggregate(app, store, coord, sid, settings.stale_after)
-        if not store.exists(layout.report_key(sid, "report.md")):
+        if not store.exists(layout.report_markdown_key(sid)):
             app.send_task("cxrstudy.aggregate", kwargs={"study_id": sid}, queue="cpu")
         return f"study {sid}: every run has a result; nothing to resume"
     return f"study {sid}: {len(pending)} runs enqueued again"
@@ -259,7 +260,7 @@ def list_studies(settings: Settings) -> str:
         counts = {}
         for s in states:
             counts[s.state] = counts.get(s.state, 0) + 1
-        report = "report" if store.exists(layout.report_key(sid, "report.md")) else ""
+        report = "report" if store.exists(layout.report_markdown_key(sid)) else ""
         lines.append(
             f"{sid}  {doc['submitted']}  {', '.join(f'{n} {k}' for k, n in counts.items())}  {report}".rstrip()
         )

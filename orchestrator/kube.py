@@ -36,7 +36,7 @@ def load_clients(context: str | None = None) -> tuple[client.CoreV1Api, client.A
     ``~/.kube/config``) with ``context`` or its current context.
 
     Nothing is sent to the API server here: an unreachable server or an RBAC refusal surfaces from
-    the first call, which :func:`cluster_status` and :func:`scale_gpu_workers` turn into a
+    the first call, which :func:`call` (used by :mod:`orchestrator.cluster`) turns into a
     :class:`ConfigError` too.
     """
     configuration = client.Configuration()

@@ -68,4 +68,4 @@ def report(
     keep_baselines(store, sid, files, log)
     save_options(store, sid, options)
     aggregate.run(sid, store, log=log, options=options)
-    return store.get_text(layout.report_key(sid, "report.md"))
+    return store.get_text(layout.report_markdown_key(sid))

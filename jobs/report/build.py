@@ -35,6 +35,7 @@ from jobs.report.options import ReportOptions, load_options
 from jobs.report.reference import SeedRun, architecture_section, best_seeds, cross_architecture_section
 from jobs.report.seeds import RunPredictions
 from jobs.report.tables import LOSS_NAMES, csv_text, display_name, markdown_table
+from jobs.scoring.metrics import json_number
 from jobs.scoring.predictions import read_predictions
 from jobs.store import Store, layout
 from jobs.store.records import SUCCEEDED, TERMINAL, RunState, study_states
@@ -58,9 +59,14 @@ def reported_status(state: RunState) -> str:
     return state.state if state.state in TERMINAL else NOT_FINISHED
 
 
+def nan_if_none(x) -> float:
+    """A metric read from a result.json: null (no value) as NaN."""
+    return math.nan if x is None else float(x)
+
+
 def seed_run(result: dict) -> SeedRun:
     t = result["test"]
-    nan = lambda x: float("nan") if x is None else float(x)  # noqa: E731
+    nan = nan_if_none
     return SeedRun(
         result["seed"],
         nan(t["loss"]),
@@ -142,9 +148,7 @@ def run_predictions(store: Store, finished: list[RunState]) -> list[RunPredictio
     return [
         RunPredictions(
             s.detail["seed"],
-            np.array(
-                [math.nan if s.detail["val"]["auroc"][c] is None else s.detail["val"]["auroc"][c] for c in CLASSES]
-            ),
+            np.array([nan_if_none(s.detail["val"]["auroc"][c]) for c in CLASSES]),
             read_predictions(store, k.predictions("val")),
             read_predictions(store, k.predictions("test")),
         )
@@ -214,7 +218,7 @@ def runs_csv(states: list[RunState]) -> str:
 
 
 def json_safe(value):
-    """``value`` for report.json: NaN floats as None (JSON has no NaN), numpy numbers as Python's."""
+    """``value`` for report.json: NaN and infinite floats as None (JSON has neither), numpy numbers as Python's."""
     if isinstance(value, dict):
         return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -222,7 +226,7 @@ def json_safe(value):
     if isinstance(value, np.ndarray):
         return json_safe(value.tolist())
     if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) else float(value)
+        return json_number(value, None)
     if isinstance(value, np.integer):
         return int(value)
     return value
@@ -290,5 +294,5 @@ def write(store: Store, report: Report, markdown: str) -> str:
         store.put_text(layout.report_key(sid, name), text)
     for name, data in report.pngs.items():
         store.put_bytes(layout.report_key(sid, f"figures/{name}"), data)
-    store.put_text(layout.report_key(sid, "report.md"), markdown)
-    return store.url(layout.report_key(sid, "report.md"))
+    store.put_text(layout.report_markdown_key(sid), markdown)
+    return store.url(layout.report_markdown_key(sid))

@@ -73,8 +73,9 @@ def nanmean(values) -> float:
 
 
 def json_number(x, digits: int | None = 6) -> float | None:
-    """A metric for a JSON file: NaN (no value) as null, rounded to ``digits`` decimals (None: as is)."""
+    """A metric for a JSON file: NaN (no value) or an infinity as null, rounded to ``digits`` decimals
+    (None: as is). JSON has neither."""
     x = float(x)
-    if math.isnan(x):
+    if not math.isfinite(x):
         return None
     return x if digits is None else round(x, digits)

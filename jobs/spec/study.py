@@ -105,6 +105,8 @@ def _parse(data) -> Study:
         if unknown or "location" not in dataset:
             raise ValueError("dataset: must be a location, or a mapping with 'location' (and optional 'id')")
         dataset_id = coerce(dataset.get("id"), str | None, "dataset.id")
+        if dataset_id is not None:
+            check_name(dataset_id, "dataset.id")
         dataset = dataset["location"]
     dataset = coerce(dataset, str, "dataset")
     prep = build(PrepConfig, data.get("preprocessing"), "preprocessing")

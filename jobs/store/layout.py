@@ -84,6 +84,15 @@ def report_key(study_id: str, name: str) -> str:
     return f"{report_prefix(study_id)}{name}"
 
 
+def report_markdown_key(study_id: str) -> str:
+    """``report.md``: written last, so its presence means the report is complete."""
+    return report_key(study_id, "report.md")
+
+
+def report_json_key(study_id: str) -> str:
+    return report_key(study_id, "report.json")
+
+
 # --- one run ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class JobKeys:

@@ -53,6 +53,10 @@ StepHook = Callable[[dict], "str | None"]
 EpochHook = Callable[[dict], None]
 
 
+class TrainingDiverged(RuntimeError):
+    """The model's outputs became NaN: the run cannot be scored."""
+
+
 def seed_everything(seed: int, epoch: int) -> None:
     """Seed torch, numpy and random from ``(seed, epoch)``: epoch -1 is model initialisation."""
     value = int(np.random.SeedSequence([seed, epoch + 1]).generate_state(1)[0])
@@ -349,7 +353,13 @@ class Trainer:
             probs.append(torch.sigmoid(logits.float()).cpu().numpy())
             labels.append(y.cpu().numpy())
             names.extend(batch_names)
-        return Evaluation(names, np.concatenate(probs), np.concatenate(labels).astype(np.uint8), loss_sum / len(names))
+        probs = np.concatenate(probs)
+        if not np.isfinite(probs).all():  # metrics cannot rank NaN; say what happened instead
+            raise TrainingDiverged(
+                f"{self.job.job_id}: the model's {split} probabilities contain NaN: training diverged "
+                f"(lower training.lr, or raise training.warmup_epochs)"
+            )
+        return Evaluation(names, probs, np.concatenate(labels).astype(np.uint8), loss_sum / len(names))
 
     # --- outputs ------------------------------------------------------------------------------
     def save_last(self) -> None:

@@ -108,6 +108,10 @@ def test_shipped_examples_parse():
             "name: a\ndataset: d\nruns: {densenet121: [1]}\nbaselines: {a/b: x.csv}\n",
             r"baselines.a/b: use letters",
         ),
+        (
+            "name: a\ndataset: {location: d, id: ../../x}\nruns: {densenet121: [1]}\n",
+            r"dataset.id: use letters, digits, '\.', '_' and '-' only, starting with a letter or digit \(got '\.\./\.\./x'\)",
+        ),
     ],
 )
 def test_bad_study_files_name_the_file_and_field(tmp_path, text, message):

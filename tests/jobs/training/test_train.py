@@ -148,3 +148,20 @@ def test_abandon_stops_without_writing(prepared):
     ckpt = torch.load(io.BytesIO(store.get_bytes(j.keys.checkpoint("last.pt"))), weights_only=True)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
     assert len(store.get_text(j.keys.metrics).splitlines()) == 1
+
+
+def test_a_diverged_model_fails_with_what_happened_and_what_to_do(prepared, monkeypatch):
+    store, m = prepared
+    real = trainer.create_model
+
+    def nan_model(*args, **kwargs):
+        model = real(*args, **kwargs)
+        forward = model.forward
+        model.forward = lambda x: forward(x) * float("nan")  # every output NaN, as after a divergence
+        return model
+
+    monkeypatch.setattr(trainer, "create_model", nan_model)
+    j = job(m, "diverged")
+    with pytest.raises(trainer.TrainingDiverged, match=r"val probabilities contain NaN: training diverged \(lower"):
+        train.run(j, store, log=lambda s: None)
+    assert not store.exists(j.keys.result)
