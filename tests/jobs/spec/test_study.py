@@ -110,7 +110,8 @@ def test_shipped_examples_parse():
         ),
         (
             "name: a\ndataset: {location: d, id: ../../x}\nruns: {densenet121: [1]}\n",
-            r"dataset.id: use letters, digits, '\.', '_' and '-' only, starting with a letter or digit \(got '\.\./\.\./x'\)",
+            r"dataset.id: use letters, digits, '\.', '_' and '-' only, starting with a letter or digit \(got "
+            r"'\.\./\.\./x'\)",
         ),
     ],
 )
