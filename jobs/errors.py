@@ -28,3 +28,7 @@ class ConfigError(CxrStudyError):
 
 class PredictionsError(CxrStudyError):
     """A predictions CSV is missing, malformed, or does not match the dataset."""
+
+
+class LeaseLost(CxrStudyError):
+    """A running job's lease was taken by another worker: this worker must stop without writing."""

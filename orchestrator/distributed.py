@@ -21,10 +21,11 @@ from jobs.errors import CxrStudyError, StoreError
 from jobs.spec.study import Study
 from jobs.store import Store, layout, open_store
 from jobs.store.records import (
-    TERMINAL,
+    RunState,
     clear_ending,
     read_json,
     read_study,
+    report_covers,
     run_state,
     study_ids,
     study_jobs,
@@ -40,9 +41,9 @@ from worker.settings import Settings
 def connect(settings: Settings) -> tuple[Store, object]:
     """The store and the coordinator, both checked, with one-line errors naming the setting to fix."""
     settings.need("broker_url", "store")
-    coord = open_coord(settings.broker_url)
-    coord.ping()
     store = open_store(settings.store)
+    coord = open_coord(settings.broker_url, store.uri)  # scoped to the store, as the workers' is
+    coord.ping()
     try:
         store.exists(layout.study_key(".probe"))
     except StoreError:
@@ -82,6 +83,11 @@ def _elapsed(detail: dict) -> str:
 
 def status_rows(store: Store, sid: str, stale_after: float) -> tuple[dict, list[dict]]:
     doc, states = study_states(store, sid, stale_after)
+    return doc, rows_of(states)
+
+
+def rows_of(states: list[RunState]) -> list[dict]:
+    """One status row per run."""
     rows = []
     for s in states:
         d = s.detail
@@ -106,10 +112,11 @@ def status_rows(store: Store, sid: str, stale_after: float) -> tuple[dict, list[
             row["error"] = d.get("error", "")
             row["attempts"] = d.get("attempts")
         rows.append(row)
-    return doc, rows
+    return rows
 
 
-def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, report: bool) -> str:
+def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, report: str) -> str:
+    """The status table; ``report`` is one of :func:`report_state`'s phrases (or "")."""
     header = ["Architecture", "Seed", "State", "Epoch", "Val AUROC", "Worker", "Elapsed"]
     table = [header] + [
         [
@@ -130,33 +137,82 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in counts.items())
     queue = f"; queues: gpu {depths['gpu']}, cpu {depths['cpu']}" if depths else ""
-    done = "; report ready" if report else ""
+    done = f"; {report}" if report else ""
     errors = [f"  {r['architecture']} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])
 
 
+def report_state(store: Store, sid: str, states: list[RunState]) -> tuple[str, str]:
+    """The report's state, ready (it covers every run's end state), failed, stale or none, and a
+    phrase for the status line."""
+    if report_covers(store, sid, states):
+        return "ready", "report ready"
+    error = read_json(store, layout.aggregate_error_key(sid))
+    if error is not None:
+        return "failed", f"the aggregate job failed: {error['error']} (`cxrstudy resume {sid}` runs it again)"
+    if store.exists(layout.report_markdown_key(sid)):
+        return "stale", "the report is out of date (it predates the runs' current states)"
+    return "none", ""
+
+
 def status(sid: str, settings: Settings, as_json: bool = False) -> str:
     store, coord = connect(settings)
-    doc, rows = status_rows(store, sid, settings.stale_after)
-    report = store.exists(layout.report_markdown_key(sid))
+    doc, states = study_states(store, sid, settings.stale_after)
+    rows = rows_of(states)
+    report, phrase = report_state(store, sid, states)
     depths = coord.queue_depths()
     if as_json:
-        return json.dumps(
-            {"study_id": sid, "name": doc["spec"]["name"], "runs": rows, "queues": depths, "report": report}, indent=2
-        )
-    return format_status(sid, rows, depths, report)
+        record = {"study_id": sid, "name": doc["spec"]["name"], "runs": rows, "queues": depths}
+        record["report"] = report == "ready"
+        return json.dumps({**record, "report_note": phrase}, indent=2)
+    return format_status(sid, rows, depths, phrase)
 
 
 def report_ready(store: Store, sid: str, stale_after: float) -> bool:
     """The report exists and was written after every run ended."""
-    report = read_json(store, layout.report_json_key(sid))
-    if report is None:
-        return False
     _, states = study_states(store, sid, stale_after)
-    if any(s.state not in TERMINAL for s in states):
-        return False
-    reported = {r["job_id"]: r["status"] for r in report["runs"]}
-    return all(reported.get(s.job.job_id) == s.state for s in states)
+    return report_covers(store, sid, states)
+
+
+class FanInWatch:
+    """What ``wait`` does when every run has ended and no report follows, so it never waits forever.
+
+    The workers enqueue the aggregate job when the last run ends. Should that message be lost (a
+    flushed broker, a claim taken by another deployment), ``wait`` enqueues it itself after
+    ``grace`` seconds; a failed aggregate job, or one no worker takes from the cpu queue, ends the
+    wait with an error that says what to do.
+    """
+
+    def __init__(self, settings: Settings, store: Store, coord, sid: str, grace: float, log: Callable[[str], None]):
+        self.settings, self.store, self.coord, self.sid, self.grace, self.log = settings, store, coord, sid, grace, log
+        self.ended_at: float | None = None
+        self.enqueued_at: float | None = None
+
+    def check(self, states: list[RunState]) -> None:
+        sid = self.sid
+        if not all(s.ended for s in states):
+            self.ended_at = self.enqueued_at = None
+            return
+        error = read_json(self.store, layout.aggregate_error_key(sid))
+        if error is not None:
+            raise CxrStudyError(
+                f"study {sid}: every run has ended but the aggregate job failed ({error['error']}); "
+                f"fix that, then `cxrstudy resume {sid}` writes the report"
+            )
+        now = time.monotonic()
+        self.ended_at = self.ended_at or now
+        if self.enqueued_at is None:
+            if now - self.ended_at >= self.grace:
+                from worker.tasks import enqueue_aggregate
+
+                self.log(f"study {sid}: every run ended {self.grace:.0f}s ago and no report followed; enqueueing it")
+                enqueue_aggregate(make_app(self.settings), sid)
+                self.enqueued_at = now
+        elif now - self.enqueued_at >= self.grace and self.coord.queue_depths()["cpu"] > 0:
+            raise CxrStudyError(
+                f"study {sid}: every run has ended but its aggregate job waits in the cpu queue and no "
+                "worker takes it: start one (`cxrstudy worker --queues cpu`, or the chart's cpu workers)"
+            )
 
 
 def wait(
@@ -166,19 +222,21 @@ def wait(
     poll: float = 2.0,
     timeout: float | None = None,
     compact: bool = False,
+    aggregate_grace: float = 60.0,
 ) -> None:
     """Show progress until the study's report covers every run's end state.
 
     ``compact`` prints one line per change of a run (state, epoch) instead of the whole table.
     """
-    store, _ = connect(settings)
+    store, coord = connect(settings)
     stale = settings.stale_after
+    fan_in = FanInWatch(settings, store, coord, sid, aggregate_grace, log)
     started, last_view, last_rows = time.monotonic(), None, {}
     while True:
-        ready = report_ready(store, sid, stale)
+        _, states = study_states(store, sid, stale)
+        ready = report_covers(store, sid, states)
         if compact:
-            _, rows = status_rows(store, sid, stale)
-            for r in rows:
+            for r in rows_of(states):
                 key = (r["state"], r["epoch"])
                 if last_rows.get(r["job_id"]) != key:
                     last_rows[r["job_id"]] = key
@@ -192,6 +250,7 @@ def wait(
                 last_view = view
         if ready:
             return
+        fan_in.check(states)
         if timeout and time.monotonic() - started > timeout:
             raise CxrStudyError(f"study {sid}: no report after {timeout:.0f}s; `cxrstudy status {sid}` shows why")
         time.sleep(poll)
@@ -225,8 +284,9 @@ def resume(sid: str, settings: Settings) -> str:
     """Enqueue again every run without result.json (failed and cancelled ones too)."""
     store, coord = connect(settings)
     doc = read_study(store, sid)
-    if store.exists(layout.cancel_key(sid)):
-        store.delete(layout.cancel_key(sid))
+    for key in (layout.cancel_key(sid), layout.aggregate_error_key(sid)):
+        if store.exists(key):
+            store.delete(key)
     app = make_app(settings)
     if not manifest_exists(store, doc["data_prefix"]):
         app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
@@ -238,14 +298,14 @@ def resume(sid: str, settings: Settings) -> str:
         clear_ending(store, job)
         coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
         pending.append(job.job_id)
-    from worker.tasks import enqueue_train, maybe_aggregate
+    from worker.tasks import enqueue_aggregate, enqueue_train
 
     enqueue_train(app, sid, pending)
     if not pending:
-        maybe_aggregate(app, store, coord, sid, settings.stale_after)
-        if not store.exists(layout.report_markdown_key(sid)):
-            app.send_task("cxrstudy.aggregate", kwargs={"study_id": sid}, queue="cpu")
-        return f"study {sid}: every run has a result; nothing to resume"
+        if not report_ready(store, sid, settings.stale_after):
+            enqueue_aggregate(app, sid)
+            return f"study {sid}: every run has a result; the aggregate job is enqueued"
+        return f"study {sid}: every run has a result and the report covers them; nothing to resume"
     return f"study {sid}: {len(pending)} runs enqueued again"
 
 
@@ -260,7 +320,9 @@ def list_studies(settings: Settings) -> str:
         counts = {}
         for s in states:
             counts[s.state] = counts.get(s.state, 0) + 1
-        report = "report" if store.exists(layout.report_markdown_key(sid)) else ""
+        report = {"ready": "report", "stale": "report (out of date)", "failed": "report failed"}.get(
+            report_state(store, sid, states)[0], ""
+        )
         lines.append(
             f"{sid}  {doc['submitted']}  {', '.join(f'{n} {k}' for k, n in counts.items())}  {report}".rstrip()
         )

@@ -5,17 +5,31 @@ Two backends behind one interface: Redis (the production broker's own server) an
 
 The lease is what makes a redelivered job safe: a worker trains a job only while it holds
 ``lease:<job>`` (SET NX with a TTL, renewed by a heartbeat). A second copy of the message finds
-the lease held and is dropped; a worker that loses its lease (expired, taken) stops without
-writing. Every acquire and release is appended to ``lease-log:<job>`` so overlaps can be audited.
+the lease held and is dropped. Every acquire and release is appended to ``lease-log:<job>`` so
+overlaps can be audited.
+
+Every key is scoped to the store the workers write to (a digest of its URI): two deployments that
+share one Redis, or a study re-run into a fresh prefix, share no lease, attempt count or claim,
+though their job ids (content hashes) are the same.
+
+Fencing. Each acquisition takes a token, one more than the job's counter ``fence:<job>``, and the
+holder writes it to the store (``fence.json`` of the job) before anything else. A holder whose
+lease is gone may take it back only when nobody acquired the job since: the counter still equals
+its token, or the counter is gone too (Redis was flushed) and the store's ``fence.json`` still
+names its token. A worker paused past its TTL (SIGSTOP, a partitioned node) therefore never takes
+back a job that another worker acquired, finished or released; every store write of a running job
+renews the lease first (:class:`jobs.store.fencing.FencedStore`), so its writes stop there.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -25,16 +39,39 @@ PREFIX = "cxrstudy:"
 QUEUES = ("gpu", "cpu")
 
 
+def scope_of(store_uri: str) -> str:
+    """The coordination scope of a store: keys of two stores never meet."""
+    return hashlib.sha256(store_uri.encode()).hexdigest()[:12] if store_uri else ""
+
+
+HELD, LOST, VANISHED = "held", "lost", "vanished"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One acquisition of a job: ``owner`` is unique per acquisition, ``token`` its fencing token."""
+
+    job_id: str
+    owner: str
+    token: int
+
+
 class Coordinator:
-    def acquire(self, job_id: str, owner: str, ttl: float) -> str | None:
-        """Take the lease; None on success, else the current holder."""
+    def acquire(self, job_id: str, owner: str, ttl: float, floor: int = 0) -> Lease | None:
+        """Take the lease with a token above both the job's counter and ``floor`` (the last token the
+        store saw); None when another worker holds it."""
         raise NotImplementedError
 
-    def heartbeat(self, job_id: str, owner: str, ttl: float) -> bool:
-        """Renew the lease (re-taking it if it vanished, e.g. Redis was flushed); False if another holds it."""
+    def renew(self, lease: Lease, ttl: float) -> str:
+        """HELD (renewed), LOST (another worker acquired the job since), or VANISHED: the lease is
+        gone and nobody acquired since (it expired, or Redis was flushed); :meth:`retake` may follow."""
         raise NotImplementedError
 
-    def release(self, job_id: str, owner: str) -> None:
+    def retake(self, lease: Lease, ttl: float) -> bool:
+        """Take a VANISHED lease back with its own token; False when another worker got there first."""
+        raise NotImplementedError
+
+    def release(self, lease: Lease) -> None:
         raise NotImplementedError
 
     def holder(self, job_id: str) -> str | None:
@@ -47,8 +84,8 @@ class Coordinator:
         """Add ``delta`` to the job's attempt counter and return it."""
         raise NotImplementedError
 
-    def claim(self, key: str) -> bool:
-        """True for the first caller only."""
+    def claim(self, key: str, ttl: float) -> bool:
+        """True for the first caller only, until ``ttl`` seconds have passed."""
         raise NotImplementedError
 
     def queue_depths(self) -> dict[str, int]:
@@ -65,21 +102,40 @@ class RedisCoord(Coordinator):
     # job's message where it is, so the timeout can be short enough to recover dead workers fast.
     UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
+    # KEYS: lease, fence counter. ARGV: owner, ttl ms, token or floor.
+    _ACQUIRE = """
+    if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+    local f = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[3])) + 1
+    redis.call('SET', KEYS[2], f, 'EX', 1209600)
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return f
+    """
     _RENEW = """
     local v = redis.call('GET', KEYS[1])
-    if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-    if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
-    return 0
+    if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 'held' end
+    if v then return 'lost' end
+    local f = redis.call('GET', KEYS[2])
+    if f and tonumber(f) ~= tonumber(ARGV[3]) then return 'lost' end
+    return 'vanished'
+    """
+    _RETAKE = """
+    if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+    local f = redis.call('GET', KEYS[2])
+    if f and tonumber(f) ~= tonumber(ARGV[3]) then return 0 end
+    redis.call('SET', KEYS[2], ARGV[3], 'EX', 1209600)
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    return 1
     """
     _RELEASE = """
     if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
     return 0
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, scope: str = ""):
         import redis
 
         self.url = url
+        self.prefix = f"{PREFIX}{scope}:" if scope else PREFIX
         self.r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True)
         self._tags: dict[str, str] = {}
 
@@ -98,41 +154,48 @@ class RedisCoord(Coordinator):
                 "check --broker / CXRSTUDY_BROKER_URL"
             ) from None
 
-    def _log(self, job_id: str, owner: str, event: str) -> None:
-        key = f"{PREFIX}lease-log:{job_id}"
-        self.r.rpush(key, json.dumps({"owner": owner, "event": event, "t": time.time()}))
+    def _log(self, job_id: str, owner: str, event: str, token: int) -> None:
+        key = f"{self.prefix}lease-log:{job_id}"
+        self.r.rpush(key, json.dumps({"owner": owner, "event": event, "token": token, "t": time.time()}))
         self.r.expire(key, 14 * 86400)
 
-    def acquire(self, job_id, owner, ttl):
-        if self.r.set(f"{PREFIX}lease:{job_id}", owner, nx=True, px=int(ttl * 1000)):
-            self._log(job_id, owner, "acquire")
+    def _keys(self, job_id: str) -> list[str]:
+        return [f"{self.prefix}lease:{job_id}", f"{self.prefix}fence:{job_id}"]
+
+    def acquire(self, job_id, owner, ttl, floor=0):
+        token = int(self.r.eval(self._ACQUIRE, 2, *self._keys(job_id), owner, int(ttl * 1000), int(floor)))
+        if not token:
             return None
-        return self.r.get(f"{PREFIX}lease:{job_id}") or "(expired)"
+        self._log(job_id, owner, "acquire", token)
+        return Lease(job_id, owner, token)
 
-    def heartbeat(self, job_id, owner, ttl):
-        got = self.r.eval(self._RENEW, 1, f"{PREFIX}lease:{job_id}", owner, int(ttl * 1000))
-        if got == 2:
-            self._log(job_id, owner, "reacquire")
-        return got != 0
+    def renew(self, lease, ttl):
+        return self.r.eval(self._RENEW, 2, *self._keys(lease.job_id), lease.owner, int(ttl * 1000), lease.token)
 
-    def release(self, job_id, owner):
-        if self.r.eval(self._RELEASE, 1, f"{PREFIX}lease:{job_id}", owner):
-            self._log(job_id, owner, "release")
+    def retake(self, lease, ttl):
+        got = self.r.eval(self._RETAKE, 2, *self._keys(lease.job_id), lease.owner, int(ttl * 1000), lease.token)
+        if got:
+            self._log(lease.job_id, lease.owner, "reacquire", lease.token)
+        return bool(got)
+
+    def release(self, lease):
+        if self.r.eval(self._RELEASE, 1, f"{self.prefix}lease:{lease.job_id}", lease.owner):
+            self._log(lease.job_id, lease.owner, "release", lease.token)
 
     def holder(self, job_id):
-        return self.r.get(f"{PREFIX}lease:{job_id}")
+        return self.r.get(f"{self.prefix}lease:{job_id}")
 
     def lease_log(self, job_id):
-        return [json.loads(x) for x in self.r.lrange(f"{PREFIX}lease-log:{job_id}", 0, -1)]
+        return [json.loads(x) for x in self.r.lrange(f"{self.prefix}lease-log:{job_id}", 0, -1)]
 
     def attempts(self, job_id, delta):
-        key = f"{PREFIX}attempts:{job_id}"
+        key = f"{self.prefix}attempts:{job_id}"
         n = self.r.incrby(key, delta)
         self.r.expire(key, 14 * 86400)
         return int(n)
 
-    def claim(self, key):
-        return bool(self.r.set(f"{PREFIX}claim:{key}", str(time.time()), nx=True, ex=30 * 86400))
+    def claim(self, key, ttl):
+        return bool(self.r.set(f"{self.prefix}claim:{key}", str(time.time()), nx=True, px=max(1, int(ttl * 1000))))
 
     def queue_depths(self):
         return {q: int(self.r.llen(q)) for q in QUEUES}
@@ -152,8 +215,9 @@ class RedisCoord(Coordinator):
 class FileCoord(Coordinator):
     """The same operations on a directory, serialised by one ``flock``: workers on one machine."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, scope: str = ""):
+        self.base = Path(root)  # <broker>/coord: the queue folder is its sibling
+        self.root = self.base / scope if scope else self.base
         self.root.mkdir(parents=True, exist_ok=True)
 
     def ping(self) -> None:
@@ -185,35 +249,50 @@ class FileCoord(Coordinator):
         lease = self._read(f"lease/{job_id}")
         return lease if lease and lease["expires"] > time.time() else None
 
-    def _log(self, job_id, owner, event):
+    def _log(self, job_id, owner, event, token):
         log = self._read(f"lease-log/{job_id}") or []
-        self._write(f"lease-log/{job_id}", [*log, {"owner": owner, "event": event, "t": time.time()}])
+        entry = {"owner": owner, "event": event, "token": token, "t": time.time()}
+        self._write(f"lease-log/{job_id}", [*log, entry])
 
-    def acquire(self, job_id, owner, ttl):
+    def acquire(self, job_id, owner, ttl, floor=0):
         with self._locked():
-            lease = self._lease(job_id)
-            if lease:
-                return lease["owner"]
+            if self._lease(job_id):
+                return None
+            token = max(self._read(f"fence/{job_id}") or 0, int(floor)) + 1
+            self._write(f"fence/{job_id}", token)
             self._write(f"lease/{job_id}", {"owner": owner, "expires": time.time() + ttl})
-            self._log(job_id, owner, "acquire")
-            return None
+            self._log(job_id, owner, "acquire", token)
+            return Lease(job_id, owner, token)
 
-    def heartbeat(self, job_id, owner, ttl):
+    def _state(self, lease: Lease) -> str:
+        current = self._lease(lease.job_id)
+        if current:
+            return HELD if current["owner"] == lease.owner else LOST
+        fence = self._read(f"fence/{lease.job_id}")
+        return LOST if fence is not None and fence != lease.token else VANISHED
+
+    def renew(self, lease, ttl):
         with self._locked():
-            lease = self._lease(job_id)
-            if lease and lease["owner"] != owner:
+            state = self._state(lease)
+            if state == HELD:
+                self._write(f"lease/{lease.job_id}", {"owner": lease.owner, "expires": time.time() + ttl})
+            return state
+
+    def retake(self, lease, ttl):
+        with self._locked():
+            if self._state(lease) != VANISHED:
                 return False
-            self._write(f"lease/{job_id}", {"owner": owner, "expires": time.time() + ttl})
-            if not lease:
-                self._log(job_id, owner, "reacquire")
+            self._write(f"fence/{lease.job_id}", lease.token)
+            self._write(f"lease/{lease.job_id}", {"owner": lease.owner, "expires": time.time() + ttl})
+            self._log(lease.job_id, lease.owner, "reacquire", lease.token)
             return True
 
-    def release(self, job_id, owner):
+    def release(self, lease):
         with self._locked():
-            lease = self._lease(job_id)
-            if lease and lease["owner"] == owner:
-                (self.root / "lease" / job_id).unlink()
-                self._log(job_id, owner, "release")
+            current = self._lease(lease.job_id)
+            if current and current["owner"] == lease.owner:
+                (self.root / "lease" / lease.job_id).unlink()
+                self._log(lease.job_id, lease.owner, "release", lease.token)
 
     def holder(self, job_id):
         lease = self._lease(job_id)
@@ -228,17 +307,17 @@ class FileCoord(Coordinator):
             self._write(f"attempts/{job_id}", n)
             return n
 
-    def claim(self, key):
-        path = self.root / "claim" / key.replace("/", "_")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    def claim(self, key, ttl):
+        name = f"claim/{key.replace('/', '_')}"
+        with self._locked():
+            taken = self._read(name)
+            if taken is not None and taken > time.time():
+                return False
+            self._write(name, time.time() + ttl)
             return True
-        except FileExistsError:
-            return False
 
     def queue_depths(self):
-        queue = self.root.parent / "queue"
+        queue = self.base.parent / "queue"
         files = [p.name for p in queue.glob("*.msg")] if queue.is_dir() else []
         return {q: sum(1 for f in files if f.endswith(f".{q}.msg")) for q in QUEUES}
 
@@ -251,12 +330,14 @@ def _safe(url: str) -> str:
     return url
 
 
-def open_coord(broker_url: str) -> Coordinator:
+def open_coord(broker_url: str, store_uri: str = "") -> Coordinator:
+    """The coordinator of ``broker_url``, scoped to the store at ``store_uri`` (its ``Store.uri``);
+    without one, only the queue depths mean anything."""
     scheme = urlparse(broker_url).scheme
     if scheme in ("redis", "rediss"):
-        return RedisCoord(broker_url)
+        return RedisCoord(broker_url, scope_of(store_uri))
     if scheme == "local":
-        return FileCoord(Path(urlparse(broker_url).path) / "coord")
+        return FileCoord(Path(urlparse(broker_url).path) / "coord", scope_of(store_uri))
     raise ConfigError(
         f"broker URL {_safe(broker_url)!r}: use redis://[:password@]host:port/db or local:///path "
         "(fix --broker / CXRSTUDY_BROKER_URL)"

@@ -4,12 +4,14 @@
 ``cxrstudy.train(study_id, job_id)``  (gpu) one run, under a lease; the last run to end fans in
 ``cxrstudy.aggregate(study_id)``  (cpu) the report; idempotent
 
-A train job's life: skip if it already has a terminal file; stop at once if the study is
-cancelled; take the lease (a copy of a job that another worker holds is dropped); count the
-attempt (past ``max_attempts`` it is recorded as failed); train with a heartbeat that renews the
-lease and keeps the message invisible, progress written to the store, and a SIGTERM handler that
-checkpoints and requeues. Torch is imported inside the task, in the pool's child process, so the
-parent never initialises CUDA.
+A train job's life: skip if it already has a terminal file; take the lease and its fencing token
+(a copy of a job that another worker holds is dropped) and record the token in the store; stop
+at once if the study is cancelled; count the attempt (past ``max_attempts`` it is recorded as
+failed); train with a heartbeat that renews the lease and keeps the message invisible, progress
+written to the store, and a SIGTERM handler that checkpoints and requeues. Every write of the job
+goes through the fenced store (``worker.running``): a worker that lost the job stops at its next
+write. Torch is imported inside the task, in the pool's child process, so the parent never
+initialises CUDA.
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import traceback
 import uuid
 
@@ -31,18 +31,22 @@ from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
-from jobs.errors import CxrStudyError
+from jobs.errors import CxrStudyError, LeaseLost
 from jobs.store import layout, open_store
 from jobs.store.records import (
     TERMINAL,
     read_json,
     read_study,
+    report_covers,
     run_state,
     study_jobs,
+    utc_timestamp,
     write_cancelled,
     write_error,
+    write_json,
 )
 from worker.coord import open_coord
+from worker.running import JobLease, Monitor
 
 # The worker's parent process imports this module: it must not import torch, so ``jobs.train`` and
 # ``jobs.aggregate`` are imported inside the tasks, in the pool's child.
@@ -56,7 +60,8 @@ def _log(message: str) -> None:
 
 def _context():
     settings = current_app.cxrstudy_settings.need("broker_url", "store")
-    return settings, open_store(settings.store), open_coord(settings.broker_url)
+    store = open_store(settings.store)
+    return settings, store, open_coord(settings.broker_url, store.uri)
 
 
 def enqueue_train(app, study_id: str, job_ids: list[str]) -> None:
@@ -64,22 +69,33 @@ def enqueue_train(app, study_id: str, job_ids: list[str]) -> None:
         app.send_task("cxrstudy.train", kwargs={"study_id": study_id, "job_id": job_id}, queue="gpu")
 
 
-def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> bool:
-    """Enqueue the aggregate job once, when every run has ended (succeeded, failed or cancelled).
+AGGREGATE_CLAIM_TTL = 3600.0  # an aggregate job takes minutes; a claim whose job was lost lapses
 
-    The claim key carries a digest of the runs' end states: the same ending aggregates once however
-    many workers see it; a later ending (``resume`` re-ran failed runs) aggregates again.
+
+def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> bool:
+    """Enqueue the aggregate job once, when every run has ended (succeeded, failed or cancelled)
+    and the store holds no report of this ending yet.
+
+    The store decides: a report that covers the runs' end states means there is nothing to do. The
+    claim only keeps the workers that see the same ending at once from enqueueing it twice: it
+    is scoped to this store (two stores that share a broker each get their report) and to a
+    digest of the end states (``resume`` re-ran failed runs: the new ending aggregates again).
     """
     doc = read_study(store, study_id)
     states = [run_state(store, j, stale_after) for j in study_jobs(doc)]
-    if any(s.state not in TERMINAL for s in states):
+    if not all(s.ended for s in states) or report_covers(store, study_id, states):
         return False
-    digest = hashlib.sha256(json.dumps(sorted((s.job.job_id, s.state) for s in states)).encode()).hexdigest()[:12]
-    if coord.claim(f"aggregate:{study_id}:{digest}"):
-        app.send_task("cxrstudy.aggregate", kwargs={"study_id": study_id}, queue="cpu")
+    ending = json.dumps(sorted((s.job.job_id, s.state) for s in states))
+    digest = hashlib.sha256(ending.encode()).hexdigest()[:16]
+    if coord.claim(f"aggregate:{study_id}:{digest}", ttl=AGGREGATE_CLAIM_TTL):
+        enqueue_aggregate(app, study_id)
         _log(f"{study_id}: every run has ended; aggregate enqueued")
         return True
     return False
+
+
+def enqueue_aggregate(app, study_id: str) -> None:
+    app.send_task("cxrstudy.aggregate", kwargs={"study_id": study_id}, queue="cpu")
 
 
 def _run_prepare(spec: dict, store_uri: str) -> str:
@@ -139,83 +155,14 @@ def aggregate_task(self, study_id: str) -> None:
     from jobs import aggregate
 
     _, store, _ = _context()
-    aggregate.run(study_id, store, log=_log)
-
-
-class Monitor:
-    """Heartbeat, progress, cancel checks and SIGTERM for one running job (in the pool's child)."""
-
-    def __init__(self, settings, store, coord, job, owner: str, task_id: str):
-        self.settings, self.store, self.coord, self.job, self.owner = settings, store, coord, job, owner
-        self.task_id = task_id
-        self.reason: str | None = None  # sigterm | cancel | lost
-        self.progress = {"state": "running", "worker": owner, "started": time.time()}
-        self._last_write = 0.0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="cxrstudy-heartbeat", daemon=True)
-
-    def __enter__(self):
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        self._thread.start()
-        self.write({"epoch": 0, "epochs": self.job.training.epochs, "step": 0})
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.write({"state": "ended"})
-        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-        self._thread.join(timeout=5)
-
-    def _beat(self) -> None:
-        interval = self.settings.lease_ttl / 3
-        self.coord.extend_visibility(self.task_id)
-        while not self._stop.wait(interval):
-            try:
-                if not self.coord.heartbeat(self.job.job_id, self.owner, self.settings.lease_ttl):
-                    self.reason = "lost"
-                    return
-                self.coord.extend_visibility(self.task_id)
-                self.write({}, force=False)  # fresh while evaluating too: stale means the process died
-            except Exception as exc:  # the broker is briefly away: the TTL covers a few misses
-                _log(f"{self.job.job_id}: heartbeat failed ({type(exc).__name__}: {exc})")
-
-    def _on_sigterm(self, signum, frame) -> None:
-        if self.reason is None:
-            self.reason = "sigterm"
-            _log(f"{self.job.job_id}: SIGTERM: checkpointing and requeueing")
-            grace = self.settings.sigterm_grace
-            timer = threading.Timer(max(grace - 5, grace * 0.8), self._out_of_grace)
-            timer.daemon = True
-            timer.start()
-
-    def _out_of_grace(self) -> None:
-        # The step in progress did not end in time (a long evaluation): exit now. The parent
-        # rejects the message (task_reject_on_worker_lost) and another worker resumes from last.pt.
-        _log(f"{self.job.job_id}: SIGTERM grace is nearly over; exiting without a new checkpoint")
-        self.coord.attempts(self.job.job_id, -1)
-        self.coord.release(self.job.job_id, self.owner)
-        os._exit(143)
-
-    def write(self, fields: dict, force: bool = True) -> None:
-        with self._lock:
-            now = time.time()
-            if not force and now - self._last_write < self.settings.progress_interval:
-                return
-            self._last_write = now
-            self.progress.update(fields, updated=now)
-            self.store.put_text(self.job.keys.progress, json.dumps(self.progress))
-        if self.reason is None and self.store.exists(layout.cancel_key(self.job.study_id)):
-            self.reason = "cancel"
-
-    def on_step(self, p: dict) -> str | None:
-        self.write(p, force=False)
-        if self.reason == "lost":
-            return "abandon"
-        return "checkpoint" if self.reason else None
-
-    def on_epoch(self, record: dict) -> None:
-        self.write({"step": 0, "last_epoch": record["epoch"], "val_auroc": record["val_avg_auroc"]})
+    error_key = layout.aggregate_error_key(study_id)
+    if store.exists(error_key):
+        store.delete(error_key)
+    try:
+        aggregate.run(study_id, store, log=_log)
+    except Exception as exc:  # `wait` and `status` show it; `resume` runs the aggregate again
+        write_json(store, error_key, {"error": f"{type(exc).__name__}: {exc}", "at": utc_timestamp()})
+        raise
 
 
 @shared_task(name="cxrstudy.train", bind=True)
@@ -226,30 +173,40 @@ def train_task(self, study_id: str, job_id: str) -> None:
     job = next((j for j in study_jobs(doc) if j.job_id == job_id), None)
     if job is None:
         raise CxrStudyError(f"study {study_id} has no job {job_id!r}")
-    stale = settings.stale_after
     try:
         state = run_state(store, job, stale_after=0)
         if state.state in TERMINAL:
             _log(f"{job_id}: already {state.state}; nothing to do")
             return
-        if store.exists(layout.cancel_key(study_id)):
-            write_cancelled(store, job)
-            _log(f"{job_id}: study cancelled; not started")
-            return
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        holder = coord.acquire(job_id, owner, settings.lease_ttl)
-        if holder is not None:
-            _log(f"{job_id}: running on {holder} (lease held); this copy is dropped")
+        floor = (read_json(store, job.keys.fence) or {}).get("token", 0)
+        lease = coord.acquire(job_id, owner, settings.lease_ttl, floor=floor)
+        if lease is None:
+            _log(f"{job_id}: running on {coord.holder(job_id) or 'another worker'} (lease held); this copy is dropped")
             return
+        held = JobLease(coord, store, job, lease, settings.lease_ttl, _log)
         try:
-            _train(self, settings, store, coord, job, owner)
+            _train(self, settings, held)
+        except LeaseLost:
+            _log(f"{job_id}: stopped: another worker holds the job; nothing was written after the loss")
         finally:
-            coord.release(job_id, owner)
+            held.release()
     finally:
-        maybe_aggregate(self.app, store, coord, study_id, stale)
+        maybe_aggregate(self.app, store, coord, study_id, settings.stale_after)
 
 
-def _train(task, settings, store, coord, job, owner) -> None:
+def _train(task, settings, held: JobLease) -> None:
+    """One attempt under a held lease. Every write goes through ``held.fenced``, so a worker that
+    lost the lease raises :class:`LeaseLost` at its next write instead of writing."""
+    coord, job, store = held.coord, held.job, held.fenced
+    held.begin()
+    if run_state(store, job, stale_after=0).ended:  # it ended between the first look and the lease
+        _log(f"{job.job_id}: ended while this copy waited; nothing to do")
+        return
+    if store.exists(layout.cancel_key(job.study_id)):
+        write_cancelled(store, job)
+        _log(f"{job.job_id}: study cancelled; not started")
+        return
     attempt = coord.attempts(job.job_id, 1)
     if attempt > settings.max_attempts:
         last = read_json(store, job.keys.error) or {}
@@ -265,12 +222,15 @@ def _train(task, settings, store, coord, job, owner) -> None:
         )
         _log(f"{job.job_id}: failed after {attempt - 1} attempts; recorded as failed")
         return
-    _log(f"{job.job_id}: attempt {attempt}/{settings.max_attempts} on {owner}")
+    owner = held.lease.owner
+    _log(f"{job.job_id}: attempt {attempt}/{settings.max_attempts} on {owner} (fencing token {held.lease.token})")
     try:
-        with Monitor(settings, store, coord, job, owner, task.request.id) as monitor:
+        with Monitor(settings, coord, held, task.request.id, _log) as monitor:
             from jobs import train  # torch: only in the child process, under the heartbeat
 
             result = train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch)
+    except LeaseLost:
+        raise
     except Exception as exc:
         final = attempt >= settings.max_attempts
         write_error(
@@ -285,20 +245,20 @@ def _train(task, settings, store, coord, job, owner) -> None:
         )
         _log(f"{job.job_id}: attempt {attempt} failed: {type(exc).__name__}: {exc}")
         if not final:
-            coord.release(job.job_id, owner)
+            held.release()
             raise Reject(f"attempt {attempt} failed", requeue=True) from None
         return
     if result is not None:
         return
+    if held.lost:
+        raise LeaseLost(job.job_id)
     if monitor.reason == "cancel":
         write_cancelled(store, job)
         _log(f"{job.job_id}: cancelled")
     elif monitor.reason == "sigterm":
         coord.attempts(job.job_id, -1)  # an eviction is not a failure
-        coord.release(job.job_id, owner)
+        held.release()
         raise Reject("SIGTERM: checkpointed; requeued", requeue=True)
-    elif monitor.reason == "lost":
-        _log(f"{job.job_id}: lost its lease to {coord.holder(job.job_id)}; stopped without writing")
 
 
 @worker_shutting_down.connect

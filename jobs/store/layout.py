@@ -9,6 +9,7 @@
     studies/<study-id>/report_options.json        what `cxrstudy report` asked for
     studies/<study-id>/baselines/<name>.csv       external baselines' predictions
     studies/<study-id>/report/<file>              report.md, the CSVs, report.json
+    studies/<study-id>/aggregate_error.json       why the last aggregate job failed (removed when one succeeds)
     studies/<study-id>/report/figures/<name>.png
     studies/<study-id>/jobs/<job-id>/...          see :class:`JobKeys`
 
@@ -75,6 +76,10 @@ def baseline_key(study_id: str, name: str) -> str:
     return f"{baselines_prefix(study_id)}{name}.csv"
 
 
+def aggregate_error_key(study_id: str) -> str:
+    return f"{study_prefix(study_id)}/aggregate_error.json"
+
+
 def report_prefix(study_id: str) -> str:
     return f"{study_prefix(study_id)}/report/"
 
@@ -115,6 +120,10 @@ class JobKeys:
     @property
     def progress(self) -> str:  # worker, epoch, step, latest val AUROC (while it runs)
         return f"{self.prefix}/progress.json"
+
+    @property
+    def fence(self) -> str:  # the fencing token of the last worker that acquired the job
+        return f"{self.prefix}/fence.json"
 
     @property
     def metrics(self) -> str:  # one line per finished epoch

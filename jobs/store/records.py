@@ -118,6 +118,17 @@ def study_states(store: Store, study_id: str, stale_after: float = 120.0) -> tup
     return doc, [run_state(store, j, stale_after) for j in study_jobs(doc)]
 
 
+def report_covers(store: Store, study_id: str, states: list[RunState]) -> bool:
+    """The study's report is complete and was written for exactly these end states of its runs."""
+    if not all(s.ended for s in states) or not store.exists(layout.report_markdown_key(study_id)):
+        return False
+    report = read_json(store, layout.report_json_key(study_id))
+    if report is None:
+        return False
+    reported = {r["job_id"]: r["status"] for r in report["runs"]}
+    return all(reported.get(s.job.job_id) == s.state for s in states)
+
+
 # --- the terminal files: one writer each --------------------------------------------------------------
 def write_result(store: Store, job: JobSpec, result: dict) -> None:
     write_json(store, job.keys.result, result)

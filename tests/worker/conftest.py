@@ -83,6 +83,12 @@ class Cluster:
 
         return open_store(self.store_uri)
 
+    def coord(self):
+        """The coordinator as the workers of this store see it (its keys are scoped to the store)."""
+        from worker.coord import open_coord
+
+        return open_coord(self.env["CXRSTUDY_BROKER_URL"], self.store().uri)
+
     def start_worker(self, name: str, queues: str = "gpu,cpu") -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "ab")
         proc = subprocess.Popen(

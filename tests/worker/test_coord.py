@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import pytest
 
 from jobs.errors import ConfigError
-from worker.coord import FileCoord, RedisCoord, open_coord
+from worker.coord import HELD, LOST, VANISHED, FileCoord, Lease, RedisCoord, open_coord
 from worker.settings import Settings
 
 
@@ -20,37 +21,64 @@ def coord(request, tmp_path):
     return c
 
 
-def test_a_lease_has_one_holder_until_released_or_expired(coord):
-    assert coord.acquire("job", "a", ttl=0.6) is None
-    assert coord.acquire("job", "b", ttl=0.6) == "a"
-    assert coord.heartbeat("job", "a", ttl=0.6) and not coord.heartbeat("job", "b", ttl=0.6)
-    coord.release("job", "b")  # not the holder: nothing happens
+def wipe(coord) -> None:
+    """Lose every lease and fencing counter, as a FLUSHALL (or a Redis restarted without its data) does."""
+    if isinstance(coord, RedisCoord):
+        coord.r.flushall()
+    else:
+        for sub in ("lease", "fence"):
+            shutil.rmtree(coord.root / sub, ignore_errors=True)
+
+
+def events(coord, job="job"):
+    return [(e["owner"], e["event"], e["token"]) for e in coord.lease_log(job)]
+
+
+def test_a_lease_has_one_holder_until_released_or_expired_and_each_acquisition_a_new_token(coord):
+    a = coord.acquire("job", "a", ttl=0.6)
+    assert a == Lease("job", "a", 1)
+    assert coord.acquire("job", "b", ttl=0.6) is None and coord.holder("job") == "a"
+    assert coord.renew(a, ttl=0.6) == HELD
+    coord.release(Lease("job", "b", 1))  # not the holder: nothing happens
     assert coord.holder("job") == "a"
     time.sleep(0.8)  # expired without a heartbeat
-    assert coord.acquire("job", "b", ttl=5) is None
-    assert not coord.heartbeat("job", "a", ttl=5)  # a lost it: it must stop
-    coord.release("job", "b")
+    b = coord.acquire("job", "b", ttl=5)
+    assert b == Lease("job", "b", 2)
+    assert coord.renew(a, ttl=5) == LOST and not coord.retake(a, ttl=5)  # a lost it: it must stop
+    coord.release(b)
     assert coord.holder("job") is None
-    assert [(e["owner"], e["event"]) for e in coord.lease_log("job")] == [
-        ("a", "acquire"),
-        ("b", "acquire"),
-        ("b", "release"),
-    ]
+    # b finished and released: a stale holder that wakes now still never takes the job back
+    assert coord.renew(a, ttl=5) == LOST and not coord.retake(a, ttl=5)
+    assert coord.holder("job") is None
+    assert events(coord) == [("a", "acquire", 1), ("b", "acquire", 2), ("b", "release", 2)]
 
 
-def test_a_heartbeat_retakes_a_vanished_lease(coord, tmp_path):
-    coord.acquire("job", "a", ttl=5)
-    if isinstance(coord, RedisCoord):
-        coord.r.flushall()  # Redis wiped under a running job
-    else:
-        (tmp_path / "coord" / "lease" / "job").unlink()
-    assert coord.heartbeat("job", "a", ttl=5) and coord.holder("job") == "a"
-    assert coord.lease_log("job")[-1]["event"] == "reacquire"
+def test_a_vanished_lease_is_taken_back_only_when_nobody_acquired_the_job_since(coord):
+    a = coord.acquire("job", "a", ttl=5)
+    wipe(coord)  # the broker lost its keys under a running job
+    assert coord.renew(a, ttl=5) == VANISHED
+    assert coord.retake(a, ttl=5) and coord.holder("job") == "a" and coord.renew(a, ttl=5) == HELD
+    assert events(coord)[-1] == ("a", "reacquire", 1)
+    assert coord.acquire("job", "b", ttl=5) is None  # retaken: a copy of the job is dropped
+    short = coord.acquire("other", "a", ttl=0.3)
+    time.sleep(0.5)  # its heartbeat came late, and nobody took the job meanwhile
+    assert coord.renew(short, ttl=5) == VANISHED and coord.retake(short, ttl=5)
+
+
+def test_after_a_wipe_an_acquisition_takes_a_token_above_the_stores_floor(coord):
+    a = coord.acquire("job", "a", ttl=5)
+    wipe(coord)
+    b = coord.acquire("job", "b", ttl=5, floor=a.token)  # the worker read a's token from fence.json
+    assert b.token == 2
+    assert coord.renew(a, ttl=5) == LOST and not coord.retake(a, ttl=5)
 
 
 def test_attempts_and_claims(coord):
     assert [coord.attempts("j", 1), coord.attempts("j", 1), coord.attempts("j", -1)] == [1, 2, 1]
-    assert coord.claim("aggregate:s:1") and not coord.claim("aggregate:s:1") and coord.claim("aggregate:s:2")
+    assert coord.claim("aggregate:s:1", ttl=0.5) and not coord.claim("aggregate:s:1", ttl=0.5)
+    assert coord.claim("aggregate:s:2", ttl=0.5)
+    time.sleep(0.7)
+    assert coord.claim("aggregate:s:1", ttl=0.5)  # a claim lapses: its job may have been lost
 
 
 def test_broker_urls():
@@ -89,3 +117,16 @@ def test_settings_from_the_environment_and_flags(monkeypatch):
     monkeypatch.setenv("CXRSTUDY_MAX_ATTEMPTS", "0")
     with pytest.raises(ConfigError, match="CXRSTUDY_MAX_ATTEMPTS: must be at least 1"):
         Settings.from_env()
+
+
+@pytest.mark.parametrize("broker", ["redis", "local"])
+def test_two_stores_on_one_broker_share_no_lease_attempt_or_claim(broker, request, tmp_path):
+    """The same study in two stores has the same job ids: before the keys were scoped to the store,
+    the second store's runs counted the first's attempts and found its aggregate claim taken."""
+    url = request.getfixturevalue("redis_url") if broker == "redis" else f"local://{tmp_path / 'broker'}"
+    clean, rerun = open_coord(url, "s3://bucket/clean"), open_coord(url, "s3://bucket/rerun")
+    assert clean.acquire("job", "a", ttl=5).token == 1 and clean.attempts("job", 1) == 1
+    assert clean.claim("aggregate:s:d", ttl=60)
+    assert rerun.acquire("job", "b", ttl=5).token == 1 and rerun.attempts("job", 1) == 1
+    assert rerun.claim("aggregate:s:d", ttl=60)
+    assert (clean.holder("job"), rerun.holder("job")) == ("a", "b")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import pytest
@@ -57,7 +59,7 @@ def test_two_workers_run_a_study_and_the_report_lands_in_s3(cluster, synthetic):
 
 
 def lease_events(cluster, job_id):
-    return [json.loads(x) for x in cluster.redis.lrange(f"cxrstudy:lease-log:{job_id}", 0, -1)]
+    return cluster.coord().lease_log(job_id)
 
 
 def test_sigkill_of_a_worker_mid_run_resumes_on_the_other_from_its_checkpoint(cluster, synthetic):
@@ -67,7 +69,7 @@ def test_sigkill_of_a_worker_mid_run_resumes_on_the_other_from_its_checkpoint(cl
     store = cluster.store()
     (job,) = jobs_of(store, sid)
     cluster.wait_for(lambda: len(epochs_logged(store, job)) >= 2, what="two finished epochs")
-    holder = cluster.redis.get(f"cxrstudy:lease:{job.job_id}")
+    holder = cluster.coord().holder(job.job_id)
     victim = "a" if "cxrstudy.train" in cluster.log("a") and job.job_id in cluster.log("a") else "b"
     killed_at = time.time()
     cluster.kill(victim)
@@ -179,3 +181,61 @@ def test_bad_settings_give_one_line_errors(cluster, synthetic, tmp_path):
     one_line(cluster.cli("status", "nope", "--store", tmp_path / "empty"), "no study 'nope'")
     del cluster.env["CXRSTUDY_BROKER_URL"]
     one_line(cluster.cli("status", "x"), "--broker", "CXRSTUDY_BROKER_URL")
+
+
+def test_a_rerun_into_a_fresh_store_reports_and_a_worker_resumed_after_losing_its_lease_writes_nothing(
+    cluster, synthetic
+):
+    """Issue 16, both defects, on one Redis: the same study run into two stores.
+
+    The clean store runs fault-free. In the second, the worker training ``test_resnet`` seed 2 is
+    SIGSTOPped after its first epoch; the other worker takes the job over, finishes it and releases
+    it; then the first is resumed. The fan-in claim of the first store once kept the second from
+    ever aggregating, and the resumed worker re-took the vanished lease and wrote the job again.
+    """
+    study = cluster.study(synthetic, "test_resnet: [1, 2]\ntest_efficientnet: [1, 2]\n", epochs=4, name="rerun")
+    cluster.start_worker("a")
+    cluster.start_worker("b")
+    sid = cluster.submit(study)
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the clean store's report")
+    clean = cluster.store()
+    clean_results = {j.job_id: json.loads(clean.get_text(j.keys.result)) for j in jobs_of(clean, sid)}
+
+    # A second deployment: a fresh prefix, its own workers, the same broker (nothing flushed).
+    cluster.close()
+    cluster.store_uri = cluster.env["CXRSTUDY_STORE"] = cluster.store_uri + "-rerun"
+    cluster.workers.clear()
+    cluster.start_worker("c")
+    cluster.start_worker("d")
+    assert cluster.submit(study) == sid  # the same content, the same study id
+    store = cluster.store()
+    job = next(j for j in jobs_of(store, sid) if (j.architecture, j.seed) == ("test_resnet", 2))
+    first_epoch = f"{job.job_id}: epoch 1/4"
+    paused = cluster.wait_for(
+        lambda: next((n for n in ("c", "d") if first_epoch in cluster.log(n)), None), what="epoch 1 of the job"
+    )
+    other = "d" if paused == "c" else "c"
+    cluster.kill(paused, signal.SIGSTOP)
+    assert "test loss" not in cluster.log(paused).split(first_epoch)[1], "the job ended before the pause"
+    cluster.wait_for(lambda: store.exists(job.keys.result), what="the other worker to finish the job")
+    cluster.wait_for(lambda: lease_events(cluster, job.job_id)[-1]["event"] == "release", what="the release")
+    finished = store.get_bytes(job.keys.result)
+    cluster.workers[paused].expected_exit = False
+    os.killpg(cluster.workers[paused].pid, signal.SIGCONT)
+    stopped = f"{job.job_id}: stopped: another worker holds the job"
+    cluster.wait_for(lambda: stopped in cluster.log(paused), what="the resumed worker to stop")
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the second store's report")
+
+    resumed_log = cluster.log(paused).split(first_epoch)[1]
+    assert f"{job.job_id}: lost its lease (token 1) to " in resumed_log
+    assert f"{job.job_id}: test loss" not in resumed_log and "reacquire" not in resumed_log
+    events = [(e["owner"].split(":")[0], e["event"], e["token"]) for e in lease_events(cluster, job.job_id)]
+    assert [(ev, tok) for _, ev, tok in events] == [("acquire", 1), ("acquire", 2), ("release", 2)]
+    assert f"{job.job_id}: resuming from checkpoints/last.pt at epoch 2/4" in cluster.log(other)
+    assert store.get_bytes(job.keys.result) == finished  # written once, by the new holder
+    assert json.loads(store.get_text(job.keys.fence))["token"] == 2
+    assert epochs_logged(store, job) == [1, 2, 3, 4]
+    # Faults change no number, and both stores have their report.
+    for j in jobs_of(store, sid):
+        assert json.loads(store.get_text(j.keys.result))["test"] == clean_results[j.job_id]["test"], j.job_id
+    assert clean.exists(f"studies/{sid}/report/report.md") and store.exists(f"studies/{sid}/report/report.md")

@@ -1,0 +1,71 @@
+"""`wait` and `status` over the local broker: a study whose runs all ended never waits forever."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jobs.errors import CxrStudyError
+from jobs.spec.study import expand, parse_study
+from jobs.store import LocalStore, layout
+from jobs.store.records import write_json, write_result, write_study
+from orchestrator import distributed
+from worker.settings import Settings
+
+
+@pytest.fixture
+def ended(tmp_path):
+    """A registered study whose two runs have results, with no worker and no report."""
+    store = LocalStore(tmp_path / "store")
+    spec = parse_study({"name": "st", "dataset": "/d", "runs": {"densenet121": [1, 2]}})
+    jobs = expand(spec, "st-1", "datasets/d/h")
+    write_study(store, spec.spec(), "st-1", "datasets/d/h", jobs)
+    store.put_text(layout.manifest_key("datasets/d/h"), "{}")  # prepared
+    for job in jobs:
+        write_result(
+            store, job, {"status": "succeeded", "epochs_run": 1, "val": {"avg_auroc": 0.5}, "test": {"avg_auroc": 0.6}}
+        )
+    settings = Settings(broker_url=f"local://{tmp_path / 'broker'}", store=str(tmp_path / "store"))
+    return store, jobs, settings, tmp_path
+
+
+def test_wait_enqueues_a_lost_aggregate_then_says_no_worker_takes_it(ended):
+    store, _, settings, tmp = ended
+    lines = []
+    with pytest.raises(CxrStudyError, match=r"aggregate job waits in the cpu queue and no worker takes it"):
+        distributed.wait("st-1", settings, log=lines.append, poll=0.05, compact=True, aggregate_grace=0.3)
+    assert "study st-1: every run ended 0s ago and no report followed; enqueueing it" in lines
+    queued = list((tmp / "broker" / "queue").glob("*.msg"))
+    assert len(queued) == 1 and queued[0].name.endswith(".cpu.msg")
+    assert json.loads(queued[0].read_text())["headers"]["task"] == "cxrstudy.aggregate"
+
+
+def test_wait_ends_with_the_aggregate_jobs_error_and_status_shows_it(ended):
+    store, _, settings, _ = ended
+    write_json(store, layout.aggregate_error_key("st-1"), {"error": "KeyError: 'test'", "at": "x"})
+    with pytest.raises(CxrStudyError, match=r"the aggregate job failed \(KeyError: 'test'\); fix that, then"):
+        distributed.wait("st-1", settings, log=lambda m: None, poll=0.05, aggregate_grace=10)
+    first = distributed.status("st-1", settings).splitlines()[0]
+    assert first == (
+        "study st-1: 2 runs: 2 succeeded; queues: gpu 0, cpu 0; the aggregate job failed: KeyError: 'test' "
+        "(`cxrstudy resume st-1` runs it again)"
+    )
+    assert distributed.resume("st-1", settings) == "study st-1: every run has a result; the aggregate job is enqueued"
+    assert not store.exists(layout.aggregate_error_key("st-1"))
+
+
+def test_status_calls_a_report_older_than_the_runs_states_out_of_date(ended):
+    store, jobs, settings, _ = ended
+    report = {"runs": [{"job_id": j.job_id, "status": "succeeded"} for j in jobs]}
+    write_json(store, layout.report_json_key("st-1"), report)
+    store.put_text(layout.report_markdown_key("st-1"), "# report")
+    assert distributed.status("st-1", settings).splitlines()[0].endswith("; report ready")
+    write_json(store, layout.report_json_key("st-1"), {"runs": [{**report["runs"][0], "status": "failed"}]})
+    assert (
+        distributed.status("st-1", settings)
+        .splitlines()[0]
+        .endswith("; the report is out of date (it predates the runs' current states)")
+    )
+    assert json.loads(distributed.status("st-1", settings, as_json=True))["report"] is False
+    assert distributed.list_studies(settings).endswith("2 succeeded  report (out of date)")

@@ -1,0 +1,172 @@
+"""What runs beside one training job in the pool's child: its fenced lease and its monitor.
+
+:class:`JobLease` is the lease of the job, checked before every write the job makes to the store
+(:class:`jobs.store.fencing.FencedStore`) and renewed by the heartbeat. :class:`Monitor` is the
+heartbeat thread, the progress file, the cancel check and the SIGTERM handler.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from jobs.errors import LeaseLost
+from jobs.spec.runs import JobSpec
+from jobs.store import Store, layout
+from jobs.store.fencing import FencedStore
+from jobs.store.records import read_json, utc_timestamp
+from worker.coord import HELD, LOST, VANISHED, Coordinator, Lease
+
+
+class JobLease:
+    """A held lease and its fencing token: :meth:`check` before each write, :meth:`renew` on a heartbeat.
+
+    Once lost, always lost: the job stops at its next write or step, and writes nothing more.
+    A lease that vanished with nobody acquiring the job since (Redis flushed, or this worker's
+    heartbeat was late) is taken back, unless the store says otherwise: the run has ended, or
+    ``fence.json`` names a later token (Redis was flushed after another worker acquired the job).
+    """
+
+    def __init__(self, coord: Coordinator, store: Store, job: JobSpec, lease: Lease, ttl: float, log: Callable):
+        self.coord, self.store, self.job, self.lease, self.ttl, self.log = coord, store, job, lease, ttl, log
+        self.lost = False
+        self._renewed = time.monotonic()
+        self._lock = threading.Lock()
+        self.fenced = FencedStore(store, self.check)
+
+    def begin(self) -> None:
+        """Record this acquisition's token in the store: the first write of every attempt."""
+        record = {"token": self.lease.token, "owner": self.lease.owner, "acquired": utc_timestamp()}
+        self.fenced.put_text(self.job.keys.fence, json.dumps(record))
+
+    def renew(self) -> bool:
+        """Renew the lease; False (and lost for good) when another worker acquired the job."""
+        with self._lock:
+            if self.lost:
+                return False
+            state = self.coord.renew(self.lease, self.ttl)
+            if state == VANISHED:
+                state = self._retake()
+            if state != HELD:
+                self.lost = True
+                holder = self.coord.holder(self.job.job_id) or "a worker that has since released it"
+                token = self.lease.token
+                self.log(f"{self.job.job_id}: lost its lease (token {token}) to {holder}; writing nothing more")
+                return False
+            self._renewed = time.monotonic()
+            return True
+
+    def _retake(self) -> str:
+        keys = self.job.keys
+        if any(self.store.exists(k) for k in (keys.result, keys.cancelled)):
+            return LOST
+        fence = read_json(self.store, keys.fence) or {}
+        if fence.get("token", self.lease.token) != self.lease.token:
+            return LOST
+        return HELD if self.coord.retake(self.lease, self.ttl) else LOST
+
+    def check(self) -> None:
+        """Raise :class:`LeaseLost` unless the lease is held now (renewing it).
+
+        When the broker cannot be asked, a write may still go ahead while the last renewal is less
+        than half a TTL old: no other worker can have acquired the job before that renewal expires.
+        """
+        try:
+            held = self.renew()
+        except LeaseLost:
+            raise
+        except Exception:
+            if self.lost or time.monotonic() - self._renewed > self.ttl / 2:
+                raise
+            held = True
+        if not held:
+            raise LeaseLost(f"{self.job.job_id}: this worker lost the job's lease to another worker")
+
+    def release(self) -> None:
+        self.coord.release(self.lease)
+
+
+class Monitor:
+    """Heartbeat, progress, cancel checks and SIGTERM for one running job."""
+
+    def __init__(self, settings, coord: Coordinator, lease: JobLease, task_id: str, log: Callable[[str], None]):
+        self.settings, self.coord, self.lease, self.task_id, self.log = settings, coord, lease, task_id, log
+        self.job, self.store = lease.job, lease.fenced
+        self.reason: str | None = None  # sigterm | cancel
+        self.progress = {"state": "running", "worker": lease.lease.owner, "started": time.time()}
+        self._last_write = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="cxrstudy-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        self._thread.start()
+        self.write({"epoch": 0, "epochs": self.job.training.epochs, "step": 0})
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if not self.lease.lost:
+            try:
+                self.write({"state": "ended"})
+            except LeaseLost:
+                pass
+        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+        self._thread.join(timeout=5)
+
+    def _beat(self) -> None:
+        interval = self.settings.lease_ttl / 3
+        self.coord.extend_visibility(self.task_id)
+        while not self._stop.wait(interval):
+            try:
+                if not self.lease.renew():
+                    return
+                self.coord.extend_visibility(self.task_id)
+                self.write({}, force=False)  # fresh while evaluating too: stale means the process died
+            except LeaseLost:
+                return
+            except Exception as exc:  # the broker is briefly away: the TTL covers a few misses
+                self.log(f"{self.job.job_id}: heartbeat failed ({type(exc).__name__}: {exc})")
+
+    def _on_sigterm(self, signum, frame) -> None:
+        if self.reason is None:
+            self.reason = "sigterm"
+            self.log(f"{self.job.job_id}: SIGTERM: checkpointing and requeueing")
+            grace = self.settings.sigterm_grace
+            timer = threading.Timer(max(grace - 5, grace * 0.8), self._out_of_grace)
+            timer.daemon = True
+            timer.start()
+
+    def _out_of_grace(self) -> None:
+        # The step in progress did not end in time (a long evaluation): exit now. The parent
+        # rejects the message (task_reject_on_worker_lost) and another worker resumes from last.pt.
+        self.log(f"{self.job.job_id}: SIGTERM grace is nearly over; exiting without a new checkpoint")
+        self.coord.attempts(self.job.job_id, -1)
+        self.lease.release()
+        os._exit(143)
+
+    def write(self, fields: dict, force: bool = True) -> None:
+        """Update ``progress.json`` (at most every progress interval unless ``force``); check for cancel."""
+        with self._lock:
+            now = time.time()
+            if not force and now - self._last_write < self.settings.progress_interval:
+                return
+            self._last_write = now
+            self.progress.update(fields, updated=now)
+            self.store.put_text(self.job.keys.progress, json.dumps(self.progress))
+        if self.reason is None and self.store.exists(layout.cancel_key(self.job.study_id)):
+            self.reason = "cancel"
+
+    def on_step(self, p: dict) -> str | None:
+        if self.lease.lost:
+            return "abandon"
+        self.write(p, force=False)
+        return "checkpoint" if self.reason else None
+
+    def on_epoch(self, record: dict) -> None:
+        self.write({"step": 0, "last_epoch": record["epoch"], "val_auroc": record["val_avg_auroc"]})
