@@ -32,3 +32,8 @@ class PredictionsError(CxrStudyError):
 
 class LeaseLost(CxrStudyError):
     """A running job's lease was taken by another worker: this worker must stop without writing."""
+
+
+class DamagedArtifact(CxrStudyError):
+    """A file in the store cannot be read as what it should be (a shard, a checkpoint, a JSON record):
+    retrying cannot help; the message names the key and how to make it again."""

@@ -15,6 +15,7 @@ from jobs.data.sharding import prepare as run
 from jobs.errors import CxrStudyError
 from jobs.spec.configs import PrepConfig
 from jobs.spec.schema import build
+from jobs.spec.study import check_option_name
 from jobs.store import open_store
 
 __all__ = ["main", "run"]
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int)
     args = parser.parse_args(argv)
     try:
+        check_option_name(args.dataset_id, "--dataset-id")
         config = build(PrepConfig, json.loads(args.config), "--config")
         manifest = run(
             args.dataset,

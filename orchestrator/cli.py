@@ -2,7 +2,8 @@
 
 Every error a user can cause (a bad study file, a dataset folder without the CSV, an unknown
 architecture, an unreachable store) is printed as one line, ``cxrstudy: error: ...``, with exit
-status 2 and no traceback.
+status 2 and no traceback. A study command whose runs did not all succeed (``run``, ``demo``,
+``submit --wait``) exits 1 after the report, with one line naming those runs and their error.json.
 """
 
 from __future__ import annotations
@@ -192,14 +193,14 @@ def _add_local_commands(sub) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args) or 0
     except CxrStudyError as exc:
         print(f"cxrstudy: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cxrstudy: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

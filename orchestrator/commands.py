@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -35,8 +36,52 @@ def needs_training_stack(command: str) -> None:
         )
 
 
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """A one-line error, before anything is written, when the folder ``path`` (there or not yet) cannot
+    be created or written: a file in its way, a read-only file system, no permission. Creates nothing."""
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):  # EROFS or permissions (root passes the latter)
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise CxrStudyError(f"{what} {path}: {problem}; pick a folder you can write to")
+
+
+def not_succeeded(store, sid: str, states: list, total: int) -> int:
+    """0 when ``states`` (the runs that did not succeed) is empty; else 1, after one line on stderr
+    naming those runs and where their error.json is."""
+    if not states:
+        return 0
+    named = [
+        f"{s.job.architecture} seed {s.job.seed} "
+        + (f"failed, see {store.url(s.job.keys.error)}" if s.state == "failed" else s.state)
+        for s in states[:5]
+    ]
+    more = f" and {len(states) - 5} more" if len(states) > 5 else ""
+    print(
+        f"cxrstudy: error: study {sid}: {len(states)} of {total} runs did not succeed: {'; '.join(named)}{more}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
+
+
+def _ended_badly(settings, sid: str) -> int:
+    """:func:`not_succeeded` for a study on the workers, from its runs' states in the store."""
+    from jobs.store import open_store
+    from jobs.store.records import study_states
+
+    store = open_store(settings.store)
+    _, states = study_states(store, sid, settings.stale_after)
+    return not_succeeded(store, sid, [s for s in states if s.state != "succeeded"], len(states))
+
+
 def cmd_make_synthetic(args) -> None:
     needs_training_stack("make-synthetic")
+    check_writable(args.dir, "make-synthetic")
     from jobs.data.synthetic import make_synthetic
 
     out = make_synthetic(args.dir, images=args.images, size=args.size, seed=args.seed, progress=log)
@@ -46,10 +91,12 @@ def cmd_make_synthetic(args) -> None:
 def cmd_prepare(args) -> None:
     needs_training_stack("prepare")
     from jobs import prepare
-    from jobs.spec.configs import PrepConfig
+    from jobs.spec.configs import prep_from_flags
+    from jobs.spec.study import check_option_name
     from jobs.store import open_store
 
-    config = PrepConfig(
+    check_option_name(args.dataset_id, "--dataset-id")  # a name under datasets/, never a path out of the store
+    config = prep_from_flags(
         image_size=args.image_size,
         clip_limit=args.clip_limit,
         tile_grid=args.tile_grid,
@@ -72,7 +119,7 @@ def _load(args):
     return study
 
 
-def cmd_run(args) -> None:
+def cmd_run(args) -> int:
     needs_training_stack("run")
     from jobs.store import layout, open_store
     from orchestrator.local import run_study
@@ -82,8 +129,7 @@ def cmd_run(args) -> None:
     sid, report, failed = run_study(study, store, log=log)
     log(f"study {sid} done: {report}")
     print(store.get_text(layout.report_markdown_key(sid)))
-    if failed:
-        raise CxrStudyError(f"study {sid}: {failed} run(s) failed; the report lists them with their errors")
+    return not_succeeded(store, sid, failed, sum(len(g.seeds) for g in study.runs))
 
 
 def cmd_aggregate(args) -> None:
@@ -99,16 +145,18 @@ def _settings(args, **extra):
     return Settings.from_env(broker_url=getattr(args, "broker", None), store=getattr(args, "store", None), **extra)
 
 
-def cmd_submit(args) -> None:
+def cmd_submit(args) -> int:
     from orchestrator import distributed
 
     settings = _settings(args)
     sid = distributed.submit(_load(args), settings, log=log)
     print(sid, flush=True)
-    if args.wait:
-        distributed.wait(sid, settings, log=log, compact=True)  # a line per run per state or epoch change
-        print(distributed.status(sid, settings))
-        print(distributed.results(sid, settings, None))
+    if not args.wait:
+        return 0
+    distributed.wait(sid, settings, log=log, compact=True)  # a line per run per state or epoch change
+    print(distributed.status(sid, settings))
+    print(distributed.results(sid, settings, None))
+    return _ended_badly(settings, sid)
 
 
 def cmd_status(args) -> None:
@@ -126,6 +174,8 @@ def cmd_status(args) -> None:
 def cmd_results(args) -> None:
     from orchestrator import distributed
 
+    if args.out:
+        check_writable(args.out, "--out")
     print(distributed.results(args.study_id, _settings(args), args.out))
     if args.out:
         log(f"results: report files written to {Path(args.out).resolve()}")
@@ -136,6 +186,8 @@ def cmd_report(args) -> None:
     from orchestrator import distributed, reporting
 
     settings = _settings(args).need("store")
+    if args.out:
+        check_writable(args.out, "--out")
     reporting.report(
         args.study_id,
         open_store(settings.store),
@@ -152,6 +204,8 @@ def cmd_report(args) -> None:
 def cmd_evaluate(args) -> None:
     from jobs.report.baselines import evaluate, evaluation_markdown
 
+    if args.out:
+        check_writable(args.out, "--out")
     score = evaluate(
         args.predictions,
         args.dataset,
@@ -194,8 +248,9 @@ def cmd_worker(args) -> None:
     os.execvpe(cmd[0], cmd, {**os.environ, **settings.env()})  # exec: SIGTERM reaches the worker itself
 
 
-def cmd_demo(args) -> None:
+def cmd_demo(args) -> int:
     needs_training_stack("demo")
+    check_writable(args.out, "--out")
     import yaml
 
     from jobs.data.synthetic import make_synthetic
@@ -234,6 +289,7 @@ def cmd_demo(args) -> None:
         f"demo: finished in {time.monotonic() - started:.0f}s; report at {report_dir / 'report.md'}, "
         f"runs under {out / 'store' / 'studies' / sid}"
     )
+    return _ended_badly(settings, sid)
 
 
 def cmd_cluster(args) -> None:

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jobs.data.manifest import manifest_exists
-from jobs.errors import CxrStudyError, StoreError
+from jobs.errors import CxrStudyError, DamagedArtifact, StoreError
 from jobs.spec.study import Study
 from jobs.store import Store, layout, open_store
 from jobs.store.records import (
+    SUCCEEDED,
     RunState,
     clear_ending,
-    read_json,
     read_study,
     report_covers,
     run_state,
@@ -32,6 +32,7 @@ from jobs.store.records import (
     study_states,
     utc_timestamp,
 )
+from orchestrator.status import aggregate_error, format_status, report_state, rows_of, status_rows  # noqa: F401
 from orchestrator.submission import register
 from worker.app import make_app
 from worker.coord import open_coord
@@ -73,88 +74,6 @@ def submit(study: Study, settings: Settings, log: Callable[[str], None] = print)
     return sid
 
 
-def _elapsed(detail: dict) -> str:
-    if not detail.get("started"):
-        return ""
-    end = detail.get("updated", time.time())
-    s = int(end - detail["started"])
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def status_rows(store: Store, sid: str, stale_after: float) -> tuple[dict, list[dict]]:
-    doc, states = study_states(store, sid, stale_after)
-    return doc, rows_of(states)
-
-
-def rows_of(states: list[RunState]) -> list[dict]:
-    """One status row per run."""
-    rows = []
-    for s in states:
-        d = s.detail
-        p = d if s.state == "running" else (d.get("progress") or {})
-        epochs = s.job.training.epochs
-        row = {
-            "job_id": s.job.job_id,
-            "architecture": s.job.architecture,
-            "seed": s.job.seed,
-            "state": s.state,
-            "epoch": f"{p.get('epoch', 0)}/{epochs}" if p else "",
-            "step": f"{p.get('step', 0)}/{p.get('steps', '?')}" if p.get("steps") else "",
-            "val_auroc": p.get("val_auroc"),
-            "worker": p.get("worker", ""),
-            "elapsed": _elapsed(p),
-        }
-        if s.state == "succeeded":
-            row.update(
-                epoch=f"{d['epochs_run']}/{epochs}", val_auroc=d["val"]["avg_auroc"], test_auroc=d["test"]["avg_auroc"]
-            )
-        if s.state in ("failed", "retrying"):
-            row["error"] = d.get("error", "")
-            row["attempts"] = d.get("attempts")
-        rows.append(row)
-    return rows
-
-
-def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, report: str) -> str:
-    """The status table; ``report`` is one of :func:`report_state`'s phrases (or "")."""
-    header = ["Architecture", "Seed", "State", "Epoch", "Val AUROC", "Worker", "Elapsed"]
-    table = [header] + [
-        [
-            r["architecture"],
-            str(r["seed"]),
-            r["state"] + (f" ({r['attempts']} attempts)" if r.get("attempts") else ""),
-            r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
-            "" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}",
-            r["worker"] if r["state"] == "running" else "",
-            r["elapsed"],
-        ]
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    counts = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    summary = ", ".join(f"{n} {state}" for state, n in counts.items())
-    queue = f"; queues: gpu {depths['gpu']}, cpu {depths['cpu']}" if depths else ""
-    done = f"; {report}" if report else ""
-    errors = [f"  {r['architecture']} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
-    return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])
-
-
-def report_state(store: Store, sid: str, states: list[RunState]) -> tuple[str, str]:
-    """The report's state, ready (it covers every run's end state), failed, stale or none, and a
-    phrase for the status line."""
-    if report_covers(store, sid, states):
-        return "ready", "report ready"
-    error = read_json(store, layout.aggregate_error_key(sid))
-    if error is not None:
-        return "failed", f"the aggregate job failed: {error['error']} (`cxrstudy resume {sid}` runs it again)"
-    if store.exists(layout.report_markdown_key(sid)):
-        return "stale", "the report is out of date (it predates the runs' current states)"
-    return "none", ""
-
-
 def status(sid: str, settings: Settings, as_json: bool = False) -> str:
     store, coord = connect(settings)
     doc, states = study_states(store, sid, settings.stale_after)
@@ -193,10 +112,10 @@ class FanInWatch:
         if not all(s.ended for s in states):
             self.ended_at = self.enqueued_at = None
             return
-        error = read_json(self.store, layout.aggregate_error_key(sid))
+        error = aggregate_error(self.store, sid)
         if error is not None:
             raise CxrStudyError(
-                f"study {sid}: every run has ended but the aggregate job failed ({error['error']}); "
+                f"study {sid}: every run has ended but the aggregate job failed ({error}); "
                 f"fix that, then `cxrstudy resume {sid}` writes the report"
             )
         now = time.monotonic()
@@ -281,7 +200,8 @@ def cancel(sid: str, settings: Settings) -> str:
 
 
 def resume(sid: str, settings: Settings) -> str:
-    """Enqueue again every run without result.json (failed and cancelled ones too)."""
+    """Enqueue again every run without a readable result.json (failed and cancelled ones too; a
+    damaged result.json is removed)."""
     store, coord = connect(settings)
     doc = read_study(store, sid)
     for key in (layout.cancel_key(sid), layout.aggregate_error_key(sid)):
@@ -293,7 +213,7 @@ def resume(sid: str, settings: Settings) -> str:
         return f"study {sid}: no shards yet; prepare enqueued again"
     pending = []
     for job in study_jobs(doc):
-        if store.exists(job.keys.result):
+        if run_state(store, job, settings.stale_after).state == SUCCEEDED:
             continue
         clear_ending(store, job)
         coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
@@ -316,7 +236,11 @@ def list_studies(settings: Settings) -> str:
         return f"no studies in {store.url(layout.STUDIES)}"
     lines = []
     for sid in ids:
-        doc, states = study_states(store, sid, settings.stale_after)
+        try:
+            doc, states = study_states(store, sid, settings.stale_after)
+        except DamagedArtifact as exc:  # one damaged study.json hides no other study
+            lines.append(f"{sid}  [damaged] {exc}")
+            continue
         counts = {}
         for s in states:
             counts[s.state] = counts.get(s.state, 0) + 1

@@ -11,30 +11,34 @@ import traceback
 from collections.abc import Callable
 
 from jobs import aggregate, prepare, train
-from jobs.errors import CxrStudyError
+from jobs.errors import CxrStudyError, DamagedArtifact
 from jobs.spec.study import Study
 from jobs.store import Store
-from jobs.store.records import SUCCEEDED, run_state, write_error
+from jobs.store.records import SUCCEEDED, RunState, run_state, write_error
 from orchestrator.submission import register
 
 
-def run_study(study: Study, store: Store, log: Callable[[str], None] = print) -> tuple[str, str, int]:
-    """Prepare, train every run, aggregate. Returns (study id, URL of report.md, runs that failed)."""
+def run_study(study: Study, store: Store, log: Callable[[str], None] = print) -> tuple[str, str, list[RunState]]:
+    """Prepare, train every run, aggregate. Returns (study id, URL of report.md, the runs that did not succeed)."""
     registered = register(study, store, log)
     manifest = prepare.run(study.dataset, store, study.preprocessing, study.dataset_id, log=log)
     if manifest["prefix"] != registered.data_prefix:
         raise CxrStudyError(
             f"the dataset changed while it was prepared ({registered.data_prefix} -> {manifest['prefix']}); run again"
         )
-    jobs, failed = registered.jobs, 0
+    jobs, failed = registered.jobs, []
     for i, job in enumerate(jobs, start=1):
         log(f"run {i}/{len(jobs)}: {job.architecture} seed {job.seed} ({job.job_id})")
         try:
             train.run(job, store, log=log)
+        except DamagedArtifact as exc:  # this run's file (its best.pt): the message says what to do
+            write_error(store, job, str(exc), final=True)
+            log(f"run {i}/{len(jobs)} failed: {exc}")
         except CxrStudyError:
             raise  # a setting is wrong: every run would fail the same way
         except Exception as exc:  # one run broke (NaN loss, out of memory): record it, go on
             write_error(store, job, f"{type(exc).__name__}: {exc}", final=True, traceback=traceback.format_exc())
             log(f"run {i}/{len(jobs)} failed: {type(exc).__name__}: {exc}")
-        failed += run_state(store, job).state != SUCCEEDED
+        if (state := run_state(store, job)).state != SUCCEEDED:
+            failed.append(state)
     return registered.study_id, aggregate.run(registered.study_id, store, log=log), failed

@@ -44,8 +44,9 @@ def report(
     log: Callable[[str], None] = print,
 ) -> str:
     """Add baselines and comparisons to a study's report options, re-aggregate; returns report.md's text."""
-    jobs = study_jobs(read_study(store, sid))  # a clear error for an unknown study, before anything else
-    files = [read_baseline(*parse_baseline_option(option)) for option in baselines]
+    named = [parse_baseline_option(option) for option in baselines]  # the flags' own text first
+    jobs = study_jobs(read_study(store, sid))  # a clear error for an unknown study, before any file is read
+    files = [read_baseline(name, location) for name, location in named]
     options = load_options(store, sid)
     if resamples is not None:
         if resamples < 100:

@@ -15,12 +15,10 @@ Every setting below is there because its default loses or duplicates GPU work:
 
 from __future__ import annotations
 
-from pathlib import Path
-from urllib.parse import urlparse
-
 from celery import Celery
 from kombu import Queue
 
+from worker.coord import local_folder
 from worker.settings import Settings
 
 TASK_QUEUES = {"cxrstudy.prepare": "cpu", "cxrstudy.train": "gpu", "cxrstudy.aggregate": "cpu"}
@@ -30,9 +28,7 @@ def broker_config(settings: Settings) -> tuple[str, dict]:
     """The kombu URL and transport options for ``settings.broker_url``."""
     url = settings.broker_url
     if url.startswith("local://"):
-        root = Path(urlparse(url).path)
-        for sub in ("queue", "processed", "control"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        root = local_folder(url, "queue", "processed", "control")  # a one-line error when it cannot be written
         return "filesystem://", {
             "data_folder_in": str(root / "queue"),
             "data_folder_out": str(root / "queue"),

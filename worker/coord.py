@@ -136,7 +136,10 @@ class RedisCoord(Coordinator):
 
         self.url = url
         self.prefix = f"{PREFIX}{scope}:" if scope else PREFIX
-        self.r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True)
+        try:
+            self.r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30, decode_responses=True)
+        except ValueError as exc:  # a port or database that is not a number, ...
+            raise bad_url(url, _scrub(url, str(exc))) from None
         self._tags: dict[str, str] = {}
 
     def ping(self) -> None:
@@ -330,15 +333,51 @@ def _safe(url: str) -> str:
     return url
 
 
+def _scrub(url: str, text: str) -> str:
+    password = urlparse(url).password
+    return text.replace(password, "***") if password else text
+
+
+def bad_url(
+    url: str, problem: str = "", fix: str = "use redis://[:password@]host:port/db or local:///path"
+) -> ConfigError:
+    """The one-line error of a broker URL that cannot be used, naming the flag and the variable."""
+    return ConfigError(
+        f"broker URL {_safe(url)!r}: {problem + '; ' if problem else ''}{fix} (fix --broker / CXRSTUDY_BROKER_URL)"
+    )
+
+
+def local_folder(broker_url: str, *subs: str) -> Path:
+    """The folder of a ``local:///path`` broker, with ``subs`` created in it: a ConfigError naming the
+    URL when the path is not absolute or the folders cannot be created (a read-only file system, a
+    file in the way)."""
+    parsed = urlparse(broker_url)
+    if parsed.netloc or not parsed.path.startswith("/"):
+        raise bad_url(broker_url, "a local broker needs an absolute path, local:///path (three slashes)")
+    root = Path(parsed.path)
+    try:
+        for sub in subs:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        problem = f"its folder {root} is not writable ({exc.strerror or exc})"
+        raise bad_url(broker_url, problem, "use local:///path with a folder you can write to") from None
+    return root
+
+
 def open_coord(broker_url: str, store_uri: str = "") -> Coordinator:
     """The coordinator of ``broker_url``, scoped to the store at ``store_uri`` (its ``Store.uri``);
     without one, only the queue depths mean anything."""
-    scheme = urlparse(broker_url).scheme
-    if scheme in ("redis", "rediss"):
+    parsed = urlparse(broker_url)
+    if parsed.scheme in ("redis", "rediss"):
+        try:
+            _ = parsed.port  # urlparse checks the port only when asked
+        except ValueError:
+            raise bad_url(broker_url, "the port is not a number from 0 to 65535") from None
+        db = parsed.path.strip("/")
+        if db and not db.isdigit():  # redis-py would quietly use database 0
+            raise bad_url(broker_url, f"the database {db!r} is not a number")
         return RedisCoord(broker_url, scope_of(store_uri))
-    if scheme == "local":
-        return FileCoord(Path(urlparse(broker_url).path) / "coord", scope_of(store_uri))
-    raise ConfigError(
-        f"broker URL {_safe(broker_url)!r}: use redis://[:password@]host:port/db or local:///path "
-        "(fix --broker / CXRSTUDY_BROKER_URL)"
-    )
+    if parsed.scheme == "local":
+        scope = scope_of(store_uri)
+        return FileCoord(local_folder(broker_url, f"coord/{scope}" if scope else "coord") / "coord", scope)
+    raise bad_url(broker_url)

@@ -14,12 +14,22 @@ import threading
 import time
 from collections.abc import Callable
 
-from jobs.errors import LeaseLost
+from jobs.errors import DamagedArtifact, LeaseLost
 from jobs.spec.runs import JobSpec
 from jobs.store import Store, layout
 from jobs.store.fencing import FencedStore
 from jobs.store.records import read_json, utc_timestamp
 from worker.coord import HELD, LOST, VANISHED, Coordinator, Lease
+
+
+def fence_token(store: Store, job: JobSpec) -> int | None:
+    """The last fencing token recorded for the job in the store; None when there is none, and -1
+    when ``fence.json`` cannot be read (never equal to a holder's token)."""
+    try:
+        record = read_json(store, job.keys.fence)
+    except DamagedArtifact:
+        return -1
+    return None if record is None else int(record.get("token", -1))
 
 
 class JobLease:
@@ -64,8 +74,7 @@ class JobLease:
         keys = self.job.keys
         if any(self.store.exists(k) for k in (keys.result, keys.cancelled)):
             return LOST
-        fence = read_json(self.store, keys.fence) or {}
-        if fence.get("token", self.lease.token) != self.lease.token:
+        if fence_token(self.store, self.job) not in (None, self.lease.token):
             return LOST
         return HELD if self.coord.retake(self.lease, self.ttl) else LOST
 

@@ -31,7 +31,15 @@ from celery.exceptions import Reject
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
-from jobs.errors import CxrStudyError, LeaseLost
+from jobs.errors import (
+    ConfigError,
+    CxrStudyError,
+    DamagedArtifact,
+    DatasetError,
+    LeaseLost,
+    PredictionsError,
+    StudyFileError,
+)
 from jobs.store import layout, open_store
 from jobs.store.records import (
     TERMINAL,
@@ -46,12 +54,16 @@ from jobs.store.records import (
     write_json,
 )
 from worker.coord import open_coord
-from worker.running import JobLease, Monitor
+from worker.running import JobLease, Monitor, fence_token
 
 # The worker's parent process imports this module: it must not import torch, so ``jobs.train`` and
 # ``jobs.aggregate`` are imported inside the tasks, in the pool's child.
 
 log_ = get_task_logger("cxrstudy")
+
+# Errors of the user's making: a bad setting or dataset, a damaged shard or checkpoint. Another
+# attempt would fail the same way, so the first one is final and its error.json says what to fix.
+FINAL_ERRORS = (ConfigError, DatasetError, StudyFileError, PredictionsError, DamagedArtifact)
 
 
 def _log(message: str) -> None:
@@ -78,8 +90,9 @@ def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> boo
 
     The store decides: a report that covers the runs' end states means there is nothing to do. The
     claim only keeps the workers that see the same ending at once from enqueueing it twice: it
-    is scoped to this store (two stores that share a broker each get their report) and to a
-    digest of the end states (``resume`` re-ran failed runs: the new ending aggregates again).
+    is scoped to this store, like every coordination key (two stores that share a broker each get
+    their report), and to a digest of the end states (``resume`` re-ran failed runs: the new ending
+    aggregates again). It lapses after an hour, should its job have been lost.
     """
     doc = read_study(store, study_id)
     states = [run_state(store, j, stale_after) for j in study_jobs(doc)]
@@ -179,7 +192,7 @@ def train_task(self, study_id: str, job_id: str) -> None:
             _log(f"{job_id}: already {state.state}; nothing to do")
             return
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        floor = (read_json(store, job.keys.fence) or {}).get("token", 0)
+        floor = fence_token(store, job) or 0
         lease = coord.acquire(job_id, owner, settings.lease_ttl, floor=floor)
         if lease is None:
             _log(f"{job_id}: running on {coord.holder(job_id) or 'another worker'} (lease held); this copy is dropped")
@@ -232,7 +245,7 @@ def _train(task, settings, held: JobLease) -> None:
     except LeaseLost:
         raise
     except Exception as exc:
-        final = attempt >= settings.max_attempts
+        final = attempt >= settings.max_attempts or isinstance(exc, FINAL_ERRORS)
         write_error(
             store,
             job,

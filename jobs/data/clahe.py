@@ -18,7 +18,12 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 def decode_gray(data: bytes, where: str) -> np.ndarray:
     """Decode a PNG (grayscale, RGB or RGBA; 8 or 16 bit) to an 8-bit grayscale array."""
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if not data:  # OpenCV asserts on an empty buffer (cv2.error) rather than returning None
+        raise DatasetError(f"{where}: an empty file (0 bytes), not an image; re-extract it or delete it")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        img = None
     if img is None:
         raise DatasetError(f"{where}: not a readable image (corrupt or truncated PNG); re-extract it or delete it")
     if img.dtype == np.uint16:

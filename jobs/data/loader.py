@@ -5,6 +5,10 @@ batched. Everything random is fixed by ``(seed, epoch)``: the shard order, the s
 each augmentation. A run resumed at epoch k therefore sees exactly the batches it would have seen
 without the interruption. With DataLoader workers, shards are dealt out round-robin and each
 worker draws from its own generator, so the order is still a function of the seed alone.
+
+Each shard is checked against its manifest entry as it streams (:func:`jobs.data.shards.read_shard`):
+a damaged one raises :class:`jobs.errors.DamagedArtifact` before the split is read whole, and
+:func:`make_loader`'s DataLoader re-raises it from a worker process with its one-line message.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from jobs.data.shards import read_shard
+from jobs.errors import CxrStudyError
 from jobs.spec.configs import AugmentConfig
 from jobs.store import layout, open_store
 
@@ -44,7 +49,7 @@ class ShardStream(IterableDataset):
     Args:
         store_uri: the store holding the shards (a URI, so each worker opens its own client).
         prefix: the prepared dataset's prefix (``datasets/<id>/<hash>``).
-        shards: shard names of the split, from the manifest.
+        shards: the split's shard entries from the manifest (``{name, count, size, sha256}``).
         encoding: the manifest's pixel encoding.
         seed, epoch: fix the order and the augmentation.
         shuffle: shuffle shard order and samples (through a buffer of ``buffer_size``).
@@ -55,7 +60,7 @@ class ShardStream(IterableDataset):
         self,
         store_uri: str,
         prefix: str,
-        shards: list[str],
+        shards: list[dict],
         encoding: str,
         *,
         seed: int = 0,
@@ -72,10 +77,10 @@ class ShardStream(IterableDataset):
         shards = list(self.shards)
         if self.shuffle:
             shards = [shards[i] for i in np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))]
-        for name in shards[worker::workers]:
-            key = layout.shard_key(self.prefix, name)
+        for entry in shards[worker::workers]:
+            key = layout.shard_key(self.prefix, entry["name"])
             with store.open(key) as stream:
-                yield from read_shard(stream, self.encoding, store.url(key))
+                yield from read_shard(stream, self.encoding, store.url(key), entry)
 
     def __iter__(self):
         info = get_worker_info()
@@ -106,10 +111,34 @@ def _shuffled(items: Iterator, rng: np.random.Generator, size: int) -> Iterator:
         yield buffer[i]
 
 
+class _Loader(DataLoader):
+    """A DataLoader whose own errors (a damaged shard, a missing key) keep their one-line message.
+
+    From a worker process, DataLoader re-raises an exception as the same type around a message of
+    ``Caught X in DataLoader worker process N.`` plus the worker's traceback; this restores the
+    original message, the traceback's last line.
+    """
+
+    def __iter__(self):
+        try:
+            yield from super().__iter__()
+        except CxrStudyError as exc:
+            raise _unwrapped(exc) from None
+
+
+def _unwrapped(exc: CxrStudyError) -> CxrStudyError:
+    kind = type(exc)
+    marker = f"{kind.__module__}.{kind.__qualname__}: "
+    text = str(exc)
+    if not text.startswith("Caught ") or marker not in text:
+        return exc
+    return kind(text.rsplit(marker, 1)[1].strip())
+
+
 def make_loader(
     stream: ShardStream, batch_size: int, num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False
 ) -> DataLoader:
-    return DataLoader(
+    return _Loader(
         stream,
         batch_size=batch_size,
         num_workers=num_workers,

@@ -1,9 +1,14 @@
 """A prepared dataset's identity and manifest, without OpenCV: what ``submit`` needs to name its shards.
 
-The prep hash covers the preprocessing config and the dataset's fingerprint (metadata, split lists,
-names and sizes of the images present): the same inputs and config give the same hash, and a
-prefix whose ``manifest.json`` exists is complete. The manifest is written last by
+The prep hash covers the preprocessing config, the dataset's fingerprint (metadata, split lists,
+names and sizes of the images present) and :data:`MANIFEST_FORMAT`: the same inputs and config give
+the same hash, a new format a new prefix (old shards are rebuilt, never mixed in), and a prefix
+whose ``manifest.json`` exists is complete. The manifest is written last by
 :mod:`jobs.data.sharding`: shards without a manifest are an interrupted run and are rewritten.
+
+Each shard's entry is ``{name, count, size, sha256}``: its samples, and its bytes' length and
+digest, which the loader checks while it streams the shard and ``prepare`` checks when it finds the
+prefix already prepared (format 1 recorded only ``name`` and ``count``).
 """
 
 from __future__ import annotations
@@ -18,11 +23,12 @@ import numpy as np
 
 from jobs.data.labels import CLASSES
 from jobs.data.nih import SPLITS, NihDataset, Record, read_nih
+from jobs.errors import DamagedArtifact
 from jobs.spec.configs import PrepConfig
 from jobs.store import Store, layout, open_store
 from jobs.store.records import utc_timestamp
 
-MANIFEST_FORMAT = "cxrstudy-shards/1"
+MANIFEST_FORMAT = "cxrstudy-shards/2"  # part of the prep hash: a new format is a new prefix
 
 
 def prep_hash(dataset: NihDataset, config: PrepConfig) -> str:
@@ -35,7 +41,8 @@ def prep_hash(dataset: NihDataset, config: PrepConfig) -> str:
 def dataset_id_for(uri: str) -> str:
     """A readable id from the dataset's location: its last path component, slugged."""
     name = str(uri).rstrip("/").rsplit("/", 1)[-1] or "dataset"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "dataset"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-")
+    return slug if slug.strip(".") else "dataset"  # `--dataset .` or `..`: never a key segment
 
 
 def plan(
@@ -59,8 +66,13 @@ def split_summary(records: list[Record]) -> dict:
     }
 
 
+def shard_entry(name: str, count: int, data: bytes) -> dict:
+    """A shard's manifest entry: its name, samples, and its bytes' size and sha256."""
+    return {"name": name, "count": count, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def build_manifest(dataset: NihDataset, config: PrepConfig, prefix: str, shards: dict[str, list[dict]]) -> dict:
-    """The manifest of a prepared dataset whose shards (``{split: [{name, count}]}``) are all written."""
+    """The manifest of a prepared dataset whose shards (``{split: [shard_entry]}``) are all written."""
     return {
         "format": MANIFEST_FORMAT,
         "prefix": prefix,
@@ -78,7 +90,17 @@ def build_manifest(dataset: NihDataset, config: PrepConfig, prefix: str, shards:
 
 
 def load_manifest(store: Store, prefix: str) -> dict:
-    return json.loads(store.get_text(layout.manifest_key(prefix)))
+    key = layout.manifest_key(prefix)
+    try:
+        manifest = json.loads(store.get_text(key))
+    except ValueError as exc:  # not UTF-8, not JSON
+        manifest = exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise DamagedArtifact(
+            f"{store.url(key)} is damaged (not a manifest): run `cxrstudy prepare` again for this dataset, "
+            "which rebuilds it"
+        )
+    return manifest
 
 
 def manifest_exists(store: Store, prefix: str) -> bool:

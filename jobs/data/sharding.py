@@ -5,26 +5,29 @@ Output, under ``datasets/<dataset-id>/<prep-hash>/`` in the store (keys from :mo
     shards/train-000000.tar ... shards/val-*.tar, shards/test-*.tar
     manifest.json     counts and label prevalence per split, the config, the hash, what was missing
 
-A prefix whose ``manifest.json`` exists is complete, so :func:`prepare` is skipped; the manifest is
-written last (see :mod:`jobs.data.manifest`).
+A prefix whose ``manifest.json`` exists is complete (the manifest is written last, see
+:mod:`jobs.data.manifest`), so :func:`prepare` only checks its shards against the manifest's sizes
+and sha256 digests, and rebuilds those that differ (the same records give byte-identical shards).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 import cv2
 
 from jobs.data.clahe import decode_gray, preprocess
-from jobs.data.manifest import build_manifest, load_manifest, manifest_exists, plan
-from jobs.data.nih import SPLITS, Record
+from jobs.data.manifest import build_manifest, load_manifest, manifest_exists, plan, shard_entry
+from jobs.data.nih import SPLITS, NihDataset, Record
 from jobs.data.shards import build_shard, encode_pixels
-from jobs.errors import CxrStudyError
+from jobs.errors import CxrStudyError, DamagedArtifact
 from jobs.spec.configs import PrepConfig
 from jobs.store import Store, layout, open_store
 from jobs.store.records import write_json
@@ -78,6 +81,77 @@ class _Progress:
             self.log(f"prepare: {self.done:,}/{self.total:,} images ({split}) {rate:,.0f}/s, eta {eta:,.0f}s")
 
 
+def _meta(record: Record) -> dict:
+    return {"image": record.image, "patient": record.patient, "labels": list(record.labels)}
+
+
+def _sha256(store: Store, key: str) -> str:
+    digest = hashlib.sha256()
+    with store.open(key) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def damaged_shards(store: Store, prefix: str, manifest: dict, threads: int = 4) -> list[tuple[str, int, dict]]:
+    """``(split, index, entry)`` of every shard whose size or sha256 differs from the manifest (or is absent)."""
+    sizes = {o.key: o.size for o in store.list(f"{prefix}/shards/")}
+    entries = [(split, i, e) for split in SPLITS for i, e in enumerate(manifest["splits"][split]["shards"])]
+
+    def bad(item: tuple[str, int, dict]) -> bool:
+        key = layout.shard_key(prefix, item[2]["name"])
+        return sizes.get(key) != item[2].get("size") or _sha256(store, key) != item[2].get("sha256")
+
+    with ThreadPoolExecutor(max(1, min(threads, 8))) as ex:
+        return [item for item, is_bad in zip(entries, ex.map(bad, entries)) if is_bad]
+
+
+def _rebuild(
+    dataset_uri: str, store: Store, dataset: NihDataset, config: PrepConfig, prefix: str, damaged: list, workers: int
+) -> None:
+    """Make the ``damaged`` shards again from their records; each must come out as its manifest entry says."""
+    size = config.shard_size
+    parts = [dataset.splits[split][index * size : (index + 1) * size] for split, index, _ in damaged]
+    payloads = _map(dataset_uri, config, [r for part in parts for r in part], workers)
+    for (_, _, entry), records in zip(damaged, parts):
+        data = build_shard(
+            [(_meta(r), p) for r, p in zip(records, itertools.islice(payloads, len(records)))], config.encoding
+        )
+        key = layout.shard_key(prefix, entry["name"])
+        if shard_entry(entry["name"], len(records), data) != entry:
+            raise DamagedArtifact(
+                f"{store.url(key)} is damaged and rebuilding it gives other bytes than its manifest records "
+                f"(the images or OpenCV changed since): delete {store.url(prefix)} and run `cxrstudy prepare` again"
+            )
+        store.put_bytes(key, data)
+
+
+def _reuse(
+    dataset_uri: str, store: Store, dataset: NihDataset, config: PrepConfig, prefix: str, workers: int, log
+) -> dict | None:
+    """The manifest of an already prepared ``prefix``, its damaged shards rebuilt; None when there is none."""
+    if not manifest_exists(store, prefix):
+        return None
+    try:
+        manifest = load_manifest(store, prefix)
+    except DamagedArtifact:
+        log(f"prepare: {store.url(layout.manifest_key(prefix))} is damaged; preparing again")
+        return None
+    damaged = damaged_shards(store, prefix, manifest, workers)
+    if not damaged:
+        count = sum(len(manifest["splits"][split]["shards"]) for split in SPLITS)
+        log(
+            f"prepare: {store.url(prefix)} is up to date (same dataset and config); skipped "
+            f"({count} shards match the manifest's sizes and sha256)"
+        )
+        return manifest
+    names = ", ".join(entry["name"] for _, _, entry in damaged[:5]) + (", ..." if len(damaged) > 5 else "")
+    log(f"prepare: {len(damaged)} shard(s) differ from {store.url(layout.manifest_key(prefix))} ({names}); rebuilding")
+    _rebuild(dataset_uri, store, dataset, config, prefix, damaged, workers)
+    log(f"prepare: rebuilt {len(damaged)} shard(s); {store.url(prefix)} is up to date")
+    return manifest
+
+
 def prepare(
     dataset_uri: str,
     store: Store,
@@ -86,15 +160,17 @@ def prepare(
     workers: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Prepare ``dataset_uri`` into ``store``; returns the manifest (with its ``prefix`` in the store)."""
+    """Prepare ``dataset_uri`` into ``store``; returns the manifest (with its ``prefix`` in the store).
+
+    An already prepared prefix is checked, shard by shard, against its manifest; damaged shards are rebuilt.
+    """
     config = config or PrepConfig()
     source = open_store(dataset_uri)
     dataset, prefix = plan(dataset_uri, config, dataset_id, log)
-    if manifest_exists(store, prefix):
-        log(f"prepare: {store.url(prefix)} is up to date (same dataset and config); skipped")
-        return load_manifest(store, prefix)
-
     workers = workers or os.cpu_count() or 1
+    if (manifest := _reuse(source.uri, store, dataset, config, prefix, workers, log)) is not None:
+        return manifest
+
     total = sum(len(v) for v in dataset.splits.values())
     log(
         f"prepare: {total:,} images -> {store.url(prefix)} ({workers} processes, {config.image_size}px, "
@@ -106,12 +182,13 @@ def prepare(
     batch: list[tuple[dict, bytes]] = []
     payloads = _map(source.uri, config, [r for _, r in ordered], workers)
     for i, ((split, record), payload) in enumerate(zip(ordered, payloads)):
-        batch.append(({"image": record.image, "patient": record.patient, "labels": list(record.labels)}, payload))
+        batch.append((_meta(record), payload))
         progress.step(split)
         if len(batch) == config.shard_size or i + 1 == len(ordered) or ordered[i + 1][0] != split:
             name = layout.shard_name(split, len(shards[split]))
-            store.put_bytes(layout.shard_key(prefix, name), build_shard(batch, config.encoding))
-            shards[split].append({"name": name, "count": len(batch)})
+            data = build_shard(batch, config.encoding)
+            store.put_bytes(layout.shard_key(prefix, name), data)
+            shards[split].append(shard_entry(name, len(batch), data))
             batch = []
     manifest = build_manifest(dataset, config, prefix, shards)
     write_json(store, layout.manifest_key(prefix), manifest)

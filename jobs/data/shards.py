@@ -3,11 +3,13 @@
 Each sample is ``<image stem>.png`` (or ``.npy``: raw uint8, 10x faster to decode, larger) and
 ``<image stem>.json`` (``{"image", "patient", "labels"}``). Members carry fixed metadata (mtime 0,
 uid 0) so the same inputs give byte-identical shards. A shard is built in memory and written as one
-object, and it is read back as a stream, member by member.
+object, and it is read back as a stream, member by member, checked against its manifest entry (see
+:func:`read_shard`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -18,7 +20,7 @@ from typing import BinaryIO
 import cv2
 import numpy as np
 
-from jobs.errors import DatasetError
+from jobs.errors import DamagedArtifact, DatasetError
 
 
 @dataclass
@@ -67,24 +69,91 @@ def build_shard(samples: list[tuple[dict, bytes]], encoding: str) -> bytes:
     return buf.getvalue()
 
 
-def read_shard(stream: BinaryIO, encoding: str, where: str) -> Iterator[Sample]:
-    """Samples of a shard, read from a stream without seeking (S3 bodies included)."""
+class _Counted:
+    """A read-only stream that hashes and counts the bytes read through it.
+
+    ``error`` keeps an exception of the underlying stream (S3 timed out): that is the store failing,
+    which another attempt may get past, not the shard being damaged.
+    """
+
+    def __init__(self, stream: BinaryIO):
+        self.stream, self.sha256, self.size, self.error = stream, hashlib.sha256(), 0, None
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self.stream.read(n)
+        except Exception as exc:
+            self.error = exc
+            raise
+        self.sha256.update(data)
+        self.size += len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end: the tar's trailing zero blocks, and anything appended after it."""
+        while self.read(1 << 16):
+            pass
+
+
+def damaged(where: str, detail: str) -> DamagedArtifact:
+    """The one-line error of a shard that is not what its manifest entry records."""
+    return DamagedArtifact(
+        f"shard {where} is damaged ({detail}): run `cxrstudy prepare` again for this dataset, which rebuilds "
+        "damaged shards, then resume the study"
+    )
+
+
+def _parse(stream: _Counted, encoding: str, drain: bool) -> Iterator[Sample]:
+    """The samples of a tar stream, in order; any malformed member or tar block raises."""
     pending: dict[str, dict[str, bytes]] = {}
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                stem, _, ext = member.name.partition(".")
-                pending.setdefault(stem, {})[ext] = tar.extractfile(member).read()
-                fields = pending[stem]
-                if encoding in fields and "json" in fields:
-                    del pending[stem]
-                    meta = json.loads(fields["json"])
-                    yield Sample(
-                        meta["image"], meta["patient"], tuple(meta["labels"]), decode_pixels(fields[encoding], encoding)
-                    )
-    except tarfile.TarError as exc:
-        raise DatasetError(
-            f"{where}: damaged shard ({exc}); delete the dataset's prep folder and re-run prepare"
-        ) from None
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            stem, _, ext = member.name.partition(".")
+            pending.setdefault(stem, {})[ext] = tar.extractfile(member).read()
+            fields = pending[stem]
+            if encoding in fields and "json" in fields:
+                del pending[stem]
+                meta = json.loads(fields["json"])
+                pixels = decode_pixels(fields[encoding], encoding)
+                if pixels is None or pixels.ndim != 2:
+                    raise ValueError(f"{stem}.{encoding} is not a readable image")
+                yield Sample(meta["image"], int(meta["patient"]), tuple(meta["labels"]), pixels)
     if pending:
-        raise DatasetError(f"{where}: {len(pending)} incomplete sample(s), e.g. {next(iter(pending))}")
+        raise ValueError(f"{len(pending)} incomplete sample(s), e.g. {next(iter(pending))}")
+    if drain:
+        stream.drain()
+
+
+def read_shard(stream: BinaryIO, encoding: str, where: str, expected: dict) -> Iterator[Sample]:
+    """Samples of a shard, read from a stream without seeking (S3 bodies included), checked as they come.
+
+    ``expected`` is the shard's manifest entry: its bytes are hashed and its samples counted while
+    they stream, and the last sample is held back until the count, size and sha256 (what the entry
+    records) match, so a damaged shard raises :class:`DamagedArtifact` naming ``where`` before it is
+    read whole; a tar that stops parsing raises the same, never a short shard in silence.
+    """
+    counted, n = _Counted(stream), expected["count"]
+    samples = _parse(counted, encoding, drain="size" in expected)
+    count, held = 0, None
+    while True:
+        try:
+            sample = next(samples, None)
+        except Exception as exc:
+            if counted.error is not None:
+                raise
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise damaged(where, f"{count} of {n} samples read, then {reason}") from None
+        if sample is None:
+            break
+        if held is not None:
+            yield held
+        held, count = sample, count + 1
+    problems = [f"{count} of {n} samples"]
+    if "size" in expected and counted.size != expected["size"]:
+        problems.append(f"{counted.size:,} of {expected['size']:,} bytes")
+    if "sha256" in expected and counted.sha256.hexdigest() != expected["sha256"]:
+        problems.append("sha256 mismatch")
+    if count != n or len(problems) > 1:
+        raise damaged(where, ", ".join(problems))
+    if held is not None:
+        yield held

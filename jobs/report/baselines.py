@@ -256,6 +256,11 @@ def evaluate(
     """
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}")
+    if not 0 < threshold < 1:  # NaN too
+        raise ConfigError(
+            f"--threshold {threshold:g}: the F1 threshold is a probability strictly between 0 and 1 "
+            "(the default is 0.5); the predictions must be probabilities too"
+        )
     data, where = read_location(predictions_uri)
     file_names, file_probs = read_prediction_csv(data, where)
     store = open_store(dataset_uri)

@@ -16,7 +16,10 @@
     figures/*.png                 seed spread per architecture, ROC curves, Avg AUROC per seed
 
 Runs that have not succeeded are listed in the report with their state (from
-:func:`jobs.store.records.run_state`, the one place a run's state is decided), not dropped silently.
+:func:`jobs.store.records.run_state`, the one place a run's state is decided), not dropped silently;
+a run whose result.json cannot be read is one of them (failed, its error naming the file). A
+succeeded run's result.json that lacks a field the report needs, or a predictions file that is
+cut short, stops the report with a :class:`DamagedArtifact` naming the key and what to do.
 Building again rewrites the same files: it is idempotent, and report.md is written last.
 """
 
@@ -30,17 +33,27 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from jobs.data.labels import CLASSES
+from jobs.errors import DamagedArtifact
 from jobs.report import beyond_reference
 from jobs.report.options import ReportOptions, load_options
 from jobs.report.reference import SeedRun, architecture_section, best_seeds, cross_architecture_section
 from jobs.report.seeds import RunPredictions
 from jobs.report.tables import LOSS_NAMES, csv_text, display_name, markdown_table
 from jobs.scoring.metrics import json_number
-from jobs.scoring.predictions import read_predictions
+from jobs.scoring.predictions import Predictions, read_predictions
 from jobs.store import Store, layout
-from jobs.store.records import SUCCEEDED, TERMINAL, RunState, study_states
+from jobs.store.records import SUCCEEDED, TERMINAL, RunState, damaged, missing_fields, study_states
 
 NOT_FINISHED = "not finished"  # report.json's status of a run that has not ended
+# What the report reads from a succeeded run's result.json (the trainer writes these and more); the
+# validation AUROCs only when the run's predictions are read too.
+REPORT_FIELDS = (
+    "seed",
+    "best_epoch",
+    *(f"test.{f}" for f in ("images", "loss", "avg_auroc", "avg_f1")),
+    *(f"test.{m}.{c}" for m in ("auroc", "f1") for c in CLASSES),
+)
+VAL_FIELDS = tuple(f"val.auroc.{c}" for c in CLASSES)
 
 
 @dataclass
@@ -62,6 +75,29 @@ def reported_status(state: RunState) -> str:
 def nan_if_none(x) -> float:
     """A metric read from a result.json: null (no value) as NaN."""
     return math.nan if x is None else float(x)
+
+
+def rerun(store: Store, state: RunState, key: str) -> str:
+    """What to do about a damaged file (``key``) of a succeeded run: make its result again by running it again."""
+    result = state.job.keys.result
+    target = "it" if key == result else store.url(result)
+    return f"delete {target} and `cxrstudy resume {state.job.study_id}` runs the run again"
+
+
+def check_result(store: Store, state: RunState, fields: tuple[str, ...] = REPORT_FIELDS) -> None:
+    """A :class:`DamagedArtifact` naming a succeeded run's result.json when it lacks one of ``fields``
+    or holds something other than a number where the report reads one."""
+    key = state.job.keys.result
+    if missing := missing_fields(state.detail, fields):
+        more = f" (and {len(missing) - 1} more fields)" if len(missing) > 1 else ""
+        raise DamagedArtifact(damaged(store, key, f"it has no {missing[0]!r}{more}", rerun(store, state, key)))
+    try:
+        seed_run(state.detail)
+        int(state.detail["best_epoch"])
+    except (TypeError, ValueError) as exc:
+        raise DamagedArtifact(
+            damaged(store, key, f"a field is not a number ({exc})", rerun(store, state, key))
+        ) from None
 
 
 def seed_run(result: dict) -> SeedRun:
@@ -145,15 +181,27 @@ def run_predictions(store: Store, finished: list[RunState]) -> list[RunPredictio
     keys = [s.job.keys for s in finished]
     if not all(store.exists(k.predictions(split)) for k in keys for split in ("val", "test")):
         return None
-    return [
-        RunPredictions(
-            s.detail["seed"],
-            np.array([nan_if_none(s.detail["val"]["auroc"][c]) for c in CLASSES]),
-            read_predictions(store, k.predictions("val")),
-            read_predictions(store, k.predictions("test")),
+    runs = []
+    for s in finished:
+        check_result(store, s, VAL_FIELDS)
+        val, test = (stored_predictions(store, s, split) for split in ("val", "test"))
+        runs.append(
+            RunPredictions(
+                s.detail["seed"], np.array([nan_if_none(s.detail["val"]["auroc"][c]) for c in CLASSES]), val, test
+            )
         )
-        for s, k in zip(finished, keys)
-    ]
+    return runs
+
+
+def stored_predictions(store: Store, state: RunState, split: str) -> Predictions:
+    """A succeeded run's predictions on ``split``, with as many rows as its result.json counts images."""
+    key = state.job.keys.predictions(split)
+    predictions = read_predictions(store, key, rerun(store, state, key))
+    images = (state.detail.get(split) or {}).get("images")
+    if isinstance(images, int) and len(predictions.names) != images:
+        what = f"{len(predictions.names):,} rows where its result.json counts {images:,} {split} images (cut short?)"
+        raise DamagedArtifact(damaged(store, key, what, rerun(store, state, key)))
+    return predictions
 
 
 def incomplete_section(states: list[RunState]) -> str | None:
@@ -247,6 +295,8 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         finished = [s for s in members if s.state == SUCCEEDED]
         if not finished:
             continue
+        for s in finished:
+            check_result(store, s)
         done = [seed_run(s.detail) for s in finished]
         title, intro = architecture_title(arch, members)
         report.sections.append(architecture_section(title, done, intro))

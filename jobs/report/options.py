@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, DamagedArtifact
 from jobs.spec.study import check_name
 from jobs.store import Store, layout
+from jobs.store.records import damaged, read_json
 
 DEFAULT_RESAMPLES = 1000
 
@@ -32,11 +33,24 @@ class ReportOptions:
 
 
 def load_options(store: Store, study_id: str) -> ReportOptions:
+    """The options kept with the study (the defaults when there are none); a :class:`DamagedArtifact`
+    naming ``report_options.json`` when it cannot be read as options."""
     key = layout.options_key(study_id)
-    if not store.exists(key):
+    fix = (
+        f"delete it (the report then uses the defaults) and give `cxrstudy report {study_id}` the "
+        "--resamples and --compare you want again"
+    )
+    data = read_json(store, key, fix)
+    if data is None:
         return ReportOptions()
-    data = json.loads(store.get_text(key))
-    return ReportOptions(int(data.get("resamples", DEFAULT_RESAMPLES)), [list(p) for p in data.get("compare", [])])
+    resamples, compare = data.get("resamples", DEFAULT_RESAMPLES), data.get("compare", [])
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
+        raise DamagedArtifact(damaged(store, key, f"'resamples' is {resamples!r}, not a positive integer", fix))
+    pairs = compare if isinstance(compare, list) else [compare]
+    for pair in pairs:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
+            raise DamagedArtifact(damaged(store, key, f"'compare' holds {pair!r}, not a pair of names", fix))
+    return ReportOptions(resamples, [list(p) for p in pairs])
 
 
 def save_options(store: Store, study_id: str, options: ReportOptions) -> None:

@@ -7,7 +7,8 @@ writes it, :func:`read_predictions` reads it back fast: a report reads two of th
 
 :func:`read_prediction_csv` reads another system's file (a baseline, ``cxrstudy evaluate``): columns
 in any order, other columns ignored; every problem is a :class:`PredictionsError` naming the file,
-the line and the column.
+the line and the column. Its cells must be probabilities, in [0, 1]: the F1 of a threshold means
+nothing on another scale (percentages, logits), so such a file is refused, not scored.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from jobs.data.labels import CLASSES, NUM_CLASSES
-from jobs.errors import PredictionsError
+from jobs.errors import DamagedArtifact, PredictionsError
 from jobs.store import Store, open_store
 
 IMAGE_COLUMN = "Image Index"
@@ -149,7 +150,28 @@ def read_prediction_csv(data: bytes, where: str) -> tuple[list[str], np.ndarray]
     for k, column in enumerate(PROB_COLUMNS):
         j = index[column]
         probs[:, k] = _column_values([row[j] for row in body], column, j, lines, where)
+    _check_probabilities(probs, body, lines, index, where)
     return names, probs
+
+
+def _cells(n: int) -> str:
+    return f"{n:,} cells are" if n != 1 else "1 cell is"
+
+
+def _check_probabilities(probs: np.ndarray, body: list[list[str]], lines: list[int], index: dict, where: str) -> None:
+    """Every value in [0, 1]; else an error naming the first offending cell (by line, then column)."""
+    outside = (probs < 0) | (probs > 1)
+    if not outside.any():
+        return
+    i = int(np.flatnonzero(outside.any(axis=1))[0])
+    k = min(np.flatnonzero(outside[i]), key=lambda k: index[PROB_COLUMNS[k]])  # leftmost in the file
+    j = index[PROB_COLUMNS[k]]
+    raise PredictionsError(
+        f"{where}, line {lines[i]}, column {PROB_COLUMNS[k]!r} (column {j + 1}): {body[i][j].strip()!r} is not a "
+        f"probability between 0 and 1 ({_cells(int(outside.sum()))} outside [0, 1]; the values run from "
+        f"{probs.min():g} to {probs.max():g}); each prob_<Class> cell must be a probability: an F1 threshold "
+        "means nothing on another scale (divide percentages by 100, pass logits through a sigmoid)"
+    )
 
 
 def read_location(uri: str) -> tuple[bytes, str]:
@@ -184,20 +206,72 @@ def predictions_csv(names: list[str], probs: np.ndarray, labels: np.ndarray) -> 
     return ",".join(RUN_HEADER) + "\n" + "".join(row + "\n" for row in rows)
 
 
-def read_predictions(store: Store, key: str) -> Predictions:
-    """A run's ``predictions_{val,test}.csv`` (as :func:`predictions_csv` writes it), sorted by image name."""
-    text = store.get_text(key)
+RUN_FIX = "it is written again with the run's result: delete the run's result.json, then `cxrstudy resume STUDY_ID`"
+
+
+def read_predictions(store: Store, key: str, fix: str = RUN_FIX) -> Predictions:
+    """A run's ``predictions_{val,test}.csv`` (as :func:`predictions_csv` writes it), sorted by image name.
+
+    A file that is not what :func:`predictions_csv` wrote (truncated, edited, cut mid-line, values
+    that are no probabilities or labels) is a :class:`DamagedArtifact` naming the key, the line and ``fix``.
+    """
+    where = store.url(key)
+    try:
+        text = store.get_text(key)
+    except UnicodeDecodeError as exc:
+        raise DamagedArtifact(f"{where} is damaged: not UTF-8 text (bad byte at offset {exc.start}); {fix}") from None
     header, _, body = text.partition("\n")
     if tuple(header.split(",")) != RUN_HEADER:
-        raise PredictionsError(f"{store.url(key)}: not a predictions file of this version (header {header[:80]!r}...)")
-    names = [line.split(",", 1)[0] for line in body.splitlines()]
+        raise DamagedArtifact(
+            f"{where} is damaged or from another version: its header is not a run's predictions header "
+            f"({header[:80]!r}...); {fix}"
+        )
+    lines = body.splitlines()
     columns = 2 * NUM_CLASSES
-    # numpy's C parser: ~25x csv.DictReader, which matters at 100 runs x 34k images.
-    values = (
-        np.loadtxt(io.StringIO(body), delimiter=",", usecols=range(1, 1 + columns), ndmin=2)
-        if names
-        else np.zeros((0, columns))
-    )
+    bad = next((i for i, line in enumerate(lines) if line.count(",") != columns), None)
+    if bad is not None:
+        cells = lines[bad].count(",") + 1 if lines[bad] else 0
+        raise DamagedArtifact(
+            f"{where} is damaged: line {bad + 2} has {cells} cells where {columns + 1} are expected "
+            f"(the file is cut short or edited); {fix}"
+        )
+    names = [line.split(",", 1)[0] for line in lines]
+    values = _run_values(body, len(names), where, fix)
     order = np.argsort(np.array(names), kind="stable")
     probs, labels = values[order, :NUM_CLASSES], values[order, NUM_CLASSES:]
     return Predictions([names[i] for i in order], probs, labels.astype(np.uint8))
+
+
+def _run_values(body: str, rows: int, where: str, fix: str) -> np.ndarray:
+    """The (rows, 28) probabilities and labels of a run's predictions file, checked."""
+    columns = 2 * NUM_CLASSES
+    if not rows:
+        return np.zeros((0, columns))
+    try:  # numpy's C parser: ~25x csv.DictReader, which matters at 100 runs x 34k images.
+        values = np.loadtxt(io.StringIO(body), delimiter=",", usecols=range(1, 1 + columns), ndmin=2)
+    except ValueError:
+        raise DamagedArtifact(f"{where} is damaged: {_first_non_number(body)}; {fix}") from None
+    probs, labels = values[:, :NUM_CLASSES], values[:, NUM_CLASSES:]
+    checks = (
+        (probs, 0, np.isfinite(probs) & (probs >= 0) & (probs <= 1), "a probability between 0 and 1"),
+        (labels, NUM_CLASSES, (labels == 0) | (labels == 1), "a label (0 or 1)"),
+    )
+    for part, offset, ok, what in checks:
+        if not ok.all():
+            i, k = (int(v[0]) for v in np.nonzero(~ok))  # the first offending cell, by line
+            column = RUN_HEADER[1 + offset + k]
+            raise DamagedArtifact(
+                f"{where} is damaged: line {i + 2}, column {column!r}: {part[i, k]:g} is not {what}; {fix}"
+            )
+    return values
+
+
+def _first_non_number(body: str) -> str:
+    """Where the first cell of a run's predictions body that is not a number is (line 1 is the header)."""
+    for n, line in enumerate(body.splitlines(), start=2):
+        for j, cell in enumerate(line.split(",")[1:], start=1):
+            try:
+                float(cell)
+            except ValueError:
+                return f"line {n}, column {RUN_HEADER[j]!r}: {cell!r} is not a number"
+    return "its cells do not parse as numbers"

@@ -2,7 +2,9 @@
 
 :class:`PrepConfig` (``preprocessing:``), :class:`TrainConfig` (``training:``) with its
 :class:`LossConfig` and :class:`AugmentConfig`. A check raises ``ValueError`` whose message starts
-with the field's name; :func:`jobs.spec.schema.build` adds the path in the study file.
+with the field's name; :func:`jobs.spec.schema.build` adds the path in the study file. Every number
+has its allowed range (:class:`Range`, the tables beside each class): a value that would fail on a
+worker hours later, or quietly train something else (a negative learning rate), fails at submit.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from jobs.errors import ConfigError
+from jobs.store.layout import key_problem
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -29,6 +32,66 @@ LOSS_ARGS: dict[str, dict[str, float | None]] = {
 def one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name}: must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def shown(value) -> str:
+    """A number as the user wrote it: -2 for -2.0, 0.0001 for 1e-4."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: ``low`` .. ``high`` (None: no bound), each end included unless
+    ``*_open``. :meth:`check` raises ``ValueError("name: must be ... (got value)")``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def rule(self) -> str:
+        low = f"{'greater than' if self.low_open else 'at least'} {shown(self.low)}"
+        high = f"{'less than' if self.high_open else 'at most'} {shown(self.high)}"
+        if self.high is None:
+            return f"must be {low}"
+        if self.low is None:
+            return f"must be {high}"
+        if not (self.low_open or self.high_open):
+            return f"must be between {shown(self.low)} and {shown(self.high)}"
+        return f"must be {low} and {high}"
+
+    def check(self, name: str, value) -> None:
+        if value is not None and value not in self:
+            raise ValueError(f"{name}: {self.rule()} (got {shown(value)})")
+
+
+def check_ranges(obj, ranges: dict[str, Range]) -> None:
+    for name, allowed in ranges.items():
+        allowed.check(name, getattr(obj, name))
+
+
+# A seed, as numpy and torch take it: a non-negative 32-bit integer.
+SEED = Range(0, 2**32 - 1)
+FRACTION = Range(0, 1)  # 0 .. 1, both included
+RATE = Range(0, 1, high_open=True)  # 0 <= x < 1: at 1, dropout drops everything, a shift leaves the film
+POSITIVE = Range(0, low_open=True)
+NON_NEGATIVE = Range(0)
+
+PREP_RANGES = {
+    "image_size": Range(16, 2048),  # 2048 px is twice NIH's native 1024; each image is held whole in memory
+    "clip_limit": POSITIVE,
+    "tile_grid": Range(1, 64),
+    "val_fraction": Range(0, 1, low_open=True, high_open=True),  # both splits need patients
+    "split_seed": SEED,
+    "shard_size": Range(1),
+}
 
 
 @dataclass(frozen=True)
@@ -54,13 +117,35 @@ class PrepConfig:
     encoding: str = "png"
 
     def __post_init__(self):
-        if self.encoding not in ENCODINGS:
-            raise ConfigError(f"preprocessing.encoding must be one of {', '.join(ENCODINGS)} (got {self.encoding!r})")
-        for name in ("image_size", "tile_grid", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"preprocessing.{name} must be a positive integer (got {getattr(self, name)})")
-        if self.clip_limit <= 0:
-            raise ConfigError(f"preprocessing.clip_limit must be positive (got {self.clip_limit})")
+        # Checked on construction, not only from a study file: `cxrstudy prepare` builds one from its flags.
+        try:
+            self.check()
+        except ValueError as exc:
+            raise ConfigError(f"preprocessing.{exc}") from None
+
+    def check(self) -> None:
+        """Value checks; the message starts with the field name."""
+        one_of("encoding", self.encoding, ENCODINGS)
+        check_ranges(self, PREP_RANGES)
+
+
+def prep_from_flags(**flags) -> PrepConfig:
+    """A :class:`PrepConfig` from ``cxrstudy prepare``'s flags; an error names the flag (``--image-size``)."""
+    try:
+        return PrepConfig(**flags)
+    except ConfigError as exc:
+        name, _, rule = str(exc).removeprefix("preprocessing.").partition(": ")
+        raise ConfigError(f"--{name.replace('_', '-')} {shown(flags.get(name))}: {rule}") from None
+
+
+AUGMENT_RANGES = {
+    "rotate_deg": Range(0, 180),
+    "translate": RATE,  # a shift of the whole side leaves nothing of the film
+    "scale_min": POSITIVE,
+    "scale_max": POSITIVE,
+    "brightness": FRACTION,
+    "contrast": RATE,  # the gain 1 - contrast must stay positive
+}
 
 
 @dataclass(frozen=True)
@@ -87,6 +172,26 @@ class AugmentConfig:
     brightness: float = 0.05
     contrast: float = 0.1
 
+    def check(self) -> None:
+        """Value checks; the message starts with the field name."""
+        check_ranges(self, AUGMENT_RANGES)
+        if self.scale_min > self.scale_max:
+            raise ValueError(
+                f"scale_min: must be at most scale_max ({shown(self.scale_max)}) (got {shown(self.scale_min)})"
+            )
+
+
+# Each loss argument's allowed values; None (no weighting) only where it is the default.
+LOSS_RANGES = {
+    "alpha": FRACTION,
+    "gamma": NON_NEGATIVE,
+    "pos_weight": POSITIVE,
+    "gamma_neg": NON_NEGATIVE,
+    "gamma_pos": NON_NEGATIVE,
+    "clip": RATE,
+    "eps": Range(0, 1, low_open=True, high_open=True),
+}
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -101,8 +206,29 @@ class LossConfig:
         for key, value in self.args.items():
             if key not in known:
                 raise ValueError(f"{key}: not an argument of the {self.name} loss; it takes {', '.join(known)}")
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            if value is None and known[key] is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 raise ValueError(f"{key}: must be a number (got {value!r})")
+            if value in (float("inf"), float("-inf")):
+                raise ValueError(f"{key}: must be a finite number (got {value!r})")
+            LOSS_RANGES[key].check(key, value)
+
+
+TRAIN_RANGES = {
+    "epochs": Range(1),
+    "batch_size": Range(1),
+    "lr": POSITIVE,
+    "weight_decay": NON_NEGATIVE,
+    "momentum": RATE,
+    "warmup_epochs": NON_NEGATIVE,
+    "min_lr_ratio": FRACTION,
+    "patience": NON_NEGATIVE,
+    "drop_rate": RATE,
+    "drop_path": RATE,
+    "bn_recalibrate": NON_NEGATIVE,
+    "num_workers": Range(0, 256),  # DataLoader processes, each a copy of the pipeline
+}
 
 
 @dataclass(frozen=True)
@@ -162,22 +288,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Value checks; the message starts with the field name."""
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be at least 1 (got {getattr(self, name)})")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be positive (got {self.lr})")
-        for name in (
-            "weight_decay",
-            "warmup_epochs",
-            "patience",
-            "drop_rate",
-            "drop_path",
-            "num_workers",
-            "bn_recalibrate",
-        ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name}: must not be negative (got {getattr(self, name)})")
+        check_ranges(self, TRAIN_RANGES)
         one_of("optimizer", self.optimizer, OPTIMIZERS)
         one_of("schedule", self.schedule, SCHEDULES)
         one_of("monitor", self.monitor, MONITORS)
@@ -186,3 +297,21 @@ class TrainConfig:
             raise ValueError(f"in_chans: must be 1 or 3 (got {self.in_chans})")
         if not (self.weights in ("none", "timm") or self.weights.startswith(("store:", "s3://"))):
             raise ValueError(f"weights: must be none, timm, store:KEY or s3://BUCKET/KEY (got {self.weights!r})")
+        check_weights_key(self.weights)
+
+
+def check_weights_key(weights: str) -> None:
+    """``store:KEY`` must name an object inside the store (never ``store:../../etc/hostname``), and
+    ``s3://BUCKET/KEY`` one object of a bucket; the worker reads it hours later."""
+    if weights.startswith("store:"):
+        problem = key_problem(weights.removeprefix("store:"))
+        if problem:
+            raise ValueError(
+                f"weights: the key of store:KEY {problem}; name an object inside the store, "
+                f"like store:models/densenet121.pth (got {weights!r})"
+            )
+    elif weights.startswith("s3://"):
+        bucket, _, key = weights.removeprefix("s3://").partition("/")
+        problem = key_problem(key) if bucket else "has no bucket"
+        if problem:
+            raise ValueError(f"weights: the key of s3://BUCKET/KEY {problem}; name one object (got {weights!r})")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 
@@ -38,15 +39,7 @@ def coerce(value, kind, path: str):
             return value
         raise ValueError(f"{path}: must be a whole number (got {value!r})")
     if kind is float:
-        # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it is meant to be.
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{path}: must be a number (got {value!r})")
+        return _float(value, path)
     if kind is str:
         if isinstance(value, str) and value:
             return value
@@ -56,6 +49,23 @@ def coerce(value, kind, path: str):
             return dict(value)
         raise ValueError(f"{path}: must be a mapping (got {value!r})")
     raise TypeError(kind)
+
+
+def _float(value, path: str) -> float:
+    number = None
+    # YAML 1.1 reads 1e-4 (no dot) as a string; accept it as the number it is meant to be.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    if number is None:
+        raise ValueError(f"{path}: must be a number (got {value!r})")
+    if not math.isfinite(number):  # .nan passes every `< low` check; .inf every `> high` one
+        raise ValueError(f"{path}: must be a finite number (got {value!r})")
+    return number
 
 
 def _shorthand(cls, data):

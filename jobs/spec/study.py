@@ -28,7 +28,7 @@ import yaml
 
 from jobs.errors import ConfigError, StudyFileError
 from jobs.spec.architectures import check_architecture
-from jobs.spec.configs import PrepConfig, TrainConfig
+from jobs.spec.configs import SEED, PrepConfig, TrainConfig
 from jobs.spec.runs import JobSpec, job_id
 from jobs.spec.runs import study_id as _study_id
 from jobs.spec.schema import build, coerce, unknown_key
@@ -43,6 +43,14 @@ def check_name(value: str, path: str) -> str:
     if not NAME.fullmatch(value):
         raise ValueError(f"{path}: use {NAME_RULE} (got {value!r})")
     return value
+
+
+def check_option_name(value: str | None, option: str) -> str | None:
+    """A name given on the command line (``--dataset-id``), if any; a ConfigError naming the option."""
+    try:
+        return value if value is None else check_name(value, option)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,8 @@ def _parse(data) -> Study:
         if not isinstance(entry, list) or not entry:
             raise ValueError(f"{path}: must be a non-empty list of seeds (or {{seeds: [...], training: {{...}}}})")
         seeds = tuple(coerce(s, int, f"{path}[{i}]") for i, s in enumerate(entry))
+        for i, seed in enumerate(seeds):  # seeds numpy and torch: a non-negative 32-bit integer
+            SEED.check(f"{path}[{i}]", seed)
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{path}: a seed is listed twice")
         try:

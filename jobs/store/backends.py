@@ -8,7 +8,9 @@ One small interface, two backends:
   server, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID`` ...); a custom endpoint switches to path-style
   addressing, which MinIO, SeaweedFS and Ceph expect.
 
-Keys are ``/``-separated and relative to the store's root. Reads can stream (:meth:`Store.open`);
+Keys are ``/``-separated and relative to the store's root, and never leave it: both backends refuse
+an absolute key, or one with ``..``, ``.`` or empty segments (:func:`jobs.store.layout.key_problem`),
+whoever built it. Reads can stream (:meth:`Store.open`);
 writes are whole objects: a local write goes to a temporary file that is renamed into place, and an
 S3 PUT is atomic, so a reader never sees a partial object under its final key.
 """
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from jobs.errors import StoreError
+from jobs.store.layout import key_problem
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,13 @@ class Store:
 
     def url(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"
+
+    def _checked(self, key: str, *, prefix: bool = False) -> str:
+        """``key`` when it names something under the root; a StoreError naming it otherwise."""
+        problem = key_problem(key, prefix=prefix)
+        if problem:
+            raise StoreError(f"{self.uri}: refused the key {key!r}: it {problem}; keys stay inside the store")
+        return key
 
     def exists(self, key: str) -> bool:
         raise NotImplementedError
@@ -77,8 +87,13 @@ class LocalStore(Store):
         self.root = Path(root).expanduser().resolve()
         self.uri = str(self.root)
 
-    def path(self, key: str) -> Path:
-        return self.root / key
+    def path(self, key: str, *, prefix: bool = False) -> Path:
+        """The file of ``key``. Checked without following symlinks: a dataset folder whose images/
+        is a link to another disk is still read."""
+        full = Path(os.path.normpath(self.root / self._checked(key, prefix=prefix)))
+        if not full.is_relative_to(self.root):
+            raise StoreError(f"{self.uri}: refused the key {key!r}: it resolves outside the store")
+        return full
 
     def exists(self, key: str) -> bool:
         return self.path(key).is_file()
@@ -91,8 +106,14 @@ class LocalStore(Store):
 
     def _write(self, key: str, writer) -> None:
         target = self.path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+        except OSError as exc:  # a read-only file system, a file where a folder should be, permissions
+            raise StoreError(
+                f"the store {self.root} is not writable ({exc.strerror or exc} in {target.parent}): "
+                "pass a folder you can write to as --store (or CXRSTUDY_STORE)"
+            ) from None
         try:
             with os.fdopen(fd, "wb") as fh:
                 writer(fh)
@@ -113,7 +134,7 @@ class LocalStore(Store):
         self._write(key, copy)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
-        base = self.root / prefix.rpartition("/")[0]
+        base = self.path(self._checked(prefix, prefix=True).rpartition("/")[0], prefix=True)
         if not base.is_dir():
             return
         found = []
@@ -159,7 +180,8 @@ class S3Store(Store):
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         self.client = client or s3_client()
 
-    def _key(self, key: str) -> str:
+    def _key(self, key: str, *, prefix: bool = False) -> str:
+        self._checked(key, prefix=prefix)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, key: str, fn, *args, **kwargs):
@@ -215,8 +237,8 @@ class S3Store(Store):
         self._call("PUT", key, self.client.upload_file, str(path), self.bucket, self._key(key))
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix, prefix=True)
         paginator = self.client.get_paginator("list_objects_v2")
-        full = self._key(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         pages = self._call("LIST", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
         for page in pages:

@@ -13,20 +13,57 @@
     studies/<study-id>/report/figures/<name>.png
     studies/<study-id>/jobs/<job-id>/...          see :class:`JobKeys`
 
-Keys are ``/``-separated and relative to the store's root.
+Keys are ``/``-separated and relative to the store's root. User text (a dataset id, a study id, a
+baseline name, a ``store:`` weights key) enters a key only here, checked by :func:`segment` or
+:func:`weights_key`, so no key leaves the store's root; the backends refuse such a key again
+(:func:`key_problem`), whoever built it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jobs.errors import StoreError
+
 DATASETS = "datasets"
 STUDIES = "studies"
 
 
+# --- what a key may be ------------------------------------------------------------------------------
+def key_problem(key: str, *, prefix: bool = False) -> str | None:
+    """Why ``key`` would not name an object under the store's root (None: it would).
+
+    A key is relative (no leading ``/``), its ``/``-separated segments are non-empty and neither
+    ``.`` nor ``..``: a local store would leave its folder on ``..``, and S3 keeps ``a//b`` and
+    ``a/./b`` as different objects from ``a/b``. A listing ``prefix`` may be empty or end in ``/``.
+    """
+    if "\0" in key:
+        return "contains a NUL character"
+    if key.startswith("/"):
+        return "is absolute (starts with '/')"
+    parts = key.split("/")
+    if prefix and parts[-1] == "":
+        parts.pop()  # "studies/" lists a folder; "" lists everything
+    elif not key:
+        return "is empty"
+    if "" in parts:
+        return "has an empty segment ('//' or a '/' at the end)"
+    for part in parts:
+        if part in (".", ".."):
+            return f"has a {part!r} segment"
+    return None
+
+
+def segment(value: str, what: str) -> str:
+    """``value`` when it can be one segment of a key (a name, never a path); else a StoreError naming ``what``."""
+    if not isinstance(value, str) or "/" in value or key_problem(value):
+        raise StoreError(f"{what} {value!r}: must be a single name (no '/', not '.' or '..'), not a path")
+    return value
+
+
 # --- prepared datasets ------------------------------------------------------------------------------
 def dataset_prefix(dataset_id: str, prep_hash: str) -> str:
-    return f"{DATASETS}/{dataset_id}/{prep_hash}"
+    return f"{DATASETS}/{segment(dataset_id, 'dataset id')}/{segment(prep_hash, 'prep hash')}"
 
 
 def manifest_key(data_prefix: str) -> str:
@@ -47,7 +84,7 @@ def studies_prefix() -> str:
 
 
 def study_prefix(study_id: str) -> str:
-    return f"{STUDIES}/{study_id}"
+    return f"{STUDIES}/{segment(study_id, 'study id')}"
 
 
 def study_key(study_id: str) -> str:
@@ -73,7 +110,7 @@ def baselines_prefix(study_id: str) -> str:
 
 
 def baseline_key(study_id: str, name: str) -> str:
-    return f"{baselines_prefix(study_id)}{name}.csv"
+    return f"{baselines_prefix(study_id)}{segment(name, 'baseline name')}.csv"
 
 
 def aggregate_error_key(study_id: str) -> str:
@@ -129,12 +166,28 @@ class JobKeys:
     def metrics(self) -> str:  # one line per finished epoch
         return f"{self.prefix}/metrics.jsonl"
 
-    def checkpoint(self, name: str) -> str:  # last.pt or best.pt
+    def checkpoint(self, name: str) -> str:  # last.pt, last.prev.pt or best.pt
         return f"{self.prefix}/checkpoints/{name}"
+
+    def set_aside(self, name: str, stamp: str) -> str:  # a checkpoint that could not be read, kept as evidence
+        return f"{self.checkpoint(name)}.damaged-{stamp}"
 
     def predictions(self, split: str) -> str:  # val or test
         return f"{self.prefix}/predictions_{split}.csv"
 
 
 def job_keys(study_id: str, job_id: str) -> JobKeys:
-    return JobKeys(f"{study_prefix(study_id)}/jobs/{job_id}")
+    return JobKeys(f"{study_prefix(study_id)}/jobs/{segment(job_id, 'job id')}")
+
+
+# --- objects the user names -------------------------------------------------------------------------
+def weights_key(weights: str) -> str:
+    """The key of ``training.weights: store:KEY``: a state dict the user put in the store, never outside it."""
+    key = weights.removeprefix("store:")
+    problem = key_problem(key)
+    if problem:
+        raise StoreError(
+            f"training.weights {weights!r}: the key {problem}; name an object inside the store, "
+            "like store:models/densenet121.pth"
+        )
+    return key

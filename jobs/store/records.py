@@ -11,15 +11,21 @@ the fan-in and the aggregate job all ask it. Each terminal file has one writer h
     nothing         queued
 
 Precedence, in this order: result, cancelled, final error, fresh progress, non-final error, queued.
+
+A record that cannot be read (truncated, not JSON, not an object) is damaged: a damaged result,
+cancelled or error file makes the run ``failed``, its error naming the file, so that status, the
+report and the workers all see it and none of them crashes (``resume`` removes the file and runs the
+run again); a damaged progress file is a heartbeat that cannot be read, so not a fresh one.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from jobs.errors import CxrStudyError
+from jobs.errors import CxrStudyError, DamagedArtifact
 from jobs.spec.runs import JobSpec
 from jobs.store import layout
 from jobs.store.backends import Store
@@ -35,9 +41,38 @@ def utc_timestamp(seconds: float | None = None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def read_json(store: Store, key: str) -> dict | None:
-    """The object at ``key`` as JSON, or None when there is none."""
-    return json.loads(store.get_text(key)) if store.exists(key) else None
+def read_json(store: Store, key: str, fix: str = "restore it from a copy, or delete it") -> dict | None:
+    """The object at ``key`` as JSON, or None when there is none; a :class:`DamagedArtifact` naming the
+    key, what is wrong and ``fix`` (what to do) when it is not a JSON object."""
+    if not store.exists(key):
+        return None
+    try:
+        record = json.loads(store.get_bytes(key).decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DamagedArtifact(damaged(store, key, f"not UTF-8 text (bad byte at offset {exc.start})", fix)) from None
+    except ValueError as exc:  # json.JSONDecodeError: truncated, or not JSON at all
+        raise DamagedArtifact(damaged(store, key, f"not valid JSON ({exc})", fix)) from None
+    if not isinstance(record, dict):
+        raise DamagedArtifact(damaged(store, key, f"a JSON {type(record).__name__}, not an object", fix))
+    return record
+
+
+def damaged(store: Store, key: str, what: str, fix: str) -> str:
+    """The message of a damaged record: its location, what is wrong with it, what to do."""
+    return f"{store.url(key)} is damaged: {what}; {fix}"
+
+
+def missing_fields(record: dict, fields: Iterable[str]) -> list[str]:
+    """The dotted ``fields`` (``test.avg_auroc``) that ``record`` lacks, in the order given."""
+    missing = []
+    for name in fields:
+        node = record
+        for part in name.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(name)
+                break
+            node = node[part]
+    return missing
 
 
 def write_json(store: Store, key: str, record: dict) -> None:
@@ -45,12 +80,19 @@ def write_json(store: Store, key: str, record: dict) -> None:
 
 
 # --- study.json -------------------------------------------------------------------------------------
+STUDY_FIELDS = ("study_id", "spec.name", "data_prefix", "submitted", "jobs")
+
+
 def write_study(store: Store, spec: dict, sid: str, data_prefix: str, jobs: list[JobSpec], source: str = "") -> None:
     """``studies/<id>/study.json``: the spec as submitted and the expanded job list (kept if present:
-    the same id means the same content)."""
+    the same id means the same content; a damaged one is written again)."""
     key = layout.study_key(sid)
     if store.exists(key):
-        return
+        try:
+            read_study(store, sid)
+            return
+        except DamagedArtifact:
+            pass
     doc = {
         "study_id": sid,
         "spec": spec,
@@ -63,10 +105,23 @@ def write_study(store: Store, spec: dict, sid: str, data_prefix: str, jobs: list
 
 
 def read_study(store: Store, study_id: str) -> dict:
-    """``study.json`` of a study; a one-line error when the store has no such study."""
-    doc = read_json(store, layout.study_key(study_id))
+    """``study.json`` of a study, checked; a one-line error when the store has no such study, and a
+    :class:`DamagedArtifact` naming the file when it is damaged."""
+    key = layout.study_key(study_id)
+    fix = "submit the study file again (`cxrstudy submit STUDY.yaml` writes it anew; the runs' files are kept)"
+    doc = read_json(store, key, fix)
     if doc is None:
         raise CxrStudyError(f"no study {study_id!r} in {store.url(layout.STUDIES)} (see `cxrstudy list`)")
+    if missing := missing_fields(doc, STUDY_FIELDS):
+        raise DamagedArtifact(damaged(store, key, f"it has no {missing[0]!r}", fix))
+    if not isinstance(doc["jobs"], list):
+        raise DamagedArtifact(damaged(store, key, "'jobs' is not a list", fix))
+    for i, job in enumerate(doc["jobs"]):
+        try:
+            JobSpec.from_json(job, f"jobs[{i}]")
+        except (CxrStudyError, TypeError) as exc:
+            what = str(exc) if isinstance(exc, CxrStudyError) else f"jobs[{i}]: {exc}"
+            raise DamagedArtifact(damaged(store, key, what, fix)) from None
     return doc
 
 
@@ -94,23 +149,32 @@ class RunState:
 def run_state(store: Store, job: JobSpec, stale_after: float = 120.0) -> RunState:
     """The state of one run, from its files in the store (see the module's docstring for the order)."""
     keys = job.keys
-    if (result := read_json(store, keys.result)) is not None:
-        return RunState(job, SUCCEEDED, result)
-    if (cancelled := read_json(store, keys.cancelled)) is not None:
-        return RunState(job, CANCELLED, cancelled)
-    error = read_json(store, keys.error)
+    rerun = f"`cxrstudy resume {job.study_id}` removes it and runs the run again"
+    try:
+        if (result := read_json(store, keys.result, rerun)) is not None:
+            return RunState(job, SUCCEEDED, result)
+        if (cancelled := read_json(store, keys.cancelled, rerun)) is not None:
+            return RunState(job, CANCELLED, cancelled)
+        error = read_json(store, keys.error, rerun)
+    except DamagedArtifact as exc:
+        return RunState(job, FAILED, {"status": FAILED, "final": True, "stage": "store", "error": str(exc)})
     if error is not None and error.get("final", True):
         return RunState(job, FAILED, error)
-    progress = read_json(store, keys.progress)
+    try:
+        progress, note = read_json(store, keys.progress, "the run's next heartbeat writes it again"), {}
+    except DamagedArtifact as exc:
+        progress, note = None, {"warning": str(exc)}
+    updated = (progress or {}).get("updated")
     if (
         progress is not None
         and progress.get("state") == RUNNING
-        and time.time() - progress.get("updated", 0) < stale_after
+        and isinstance(updated, (int, float))
+        and time.time() - updated < stale_after
     ):
         return RunState(job, RUNNING, progress)
     if error is not None:
-        return RunState(job, RETRYING, {**error, "progress": progress})
-    return RunState(job, QUEUED, {"progress": progress} if progress else {})
+        return RunState(job, RETRYING, {**error, "progress": progress, **note})
+    return RunState(job, QUEUED, {**({"progress": progress} if progress else {}), **note})
 
 
 def study_states(store: Store, study_id: str, stale_after: float = 120.0) -> tuple[dict, list[RunState]]:
@@ -122,11 +186,12 @@ def report_covers(store: Store, study_id: str, states: list[RunState]) -> bool:
     """The study's report is complete and was written for exactly these end states of its runs."""
     if not all(s.ended for s in states) or not store.exists(layout.report_markdown_key(study_id)):
         return False
-    report = read_json(store, layout.report_json_key(study_id))
-    if report is None:
+    try:
+        report = read_json(store, layout.report_json_key(study_id))
+        reported = {r["job_id"]: r["status"] for r in report["runs"]} if report is not None else None
+    except (DamagedArtifact, KeyError, TypeError):  # a damaged report.json covers nothing: aggregate again
         return False
-    reported = {r["job_id"]: r["status"] for r in report["runs"]}
-    return all(reported.get(s.job.job_id) == s.state for s in states)
+    return reported is not None and all(reported.get(s.job.job_id) == s.state for s in states)
 
 
 # --- the terminal files: one writer each --------------------------------------------------------------
@@ -166,7 +231,13 @@ def write_error(
 
 
 def clear_ending(store: Store, job: JobSpec) -> None:
-    """Remove a run's error and cancelled files (``resume`` runs it again); a result is never removed."""
+    """Remove a run's error and cancelled files (``resume`` runs it again), and its result and progress
+    files when they are damaged (a result.json that cannot be read is no result); a result is never removed."""
     for key in (job.keys.error, job.keys.cancelled):
         if store.exists(key):
+            store.delete(key)
+    for key in (job.keys.result, job.keys.progress):
+        try:
+            read_json(store, key)
+        except DamagedArtifact:
             store.delete(key)

@@ -17,7 +17,7 @@ from torch import nn
 from jobs.data.labels import NUM_CLASSES
 from jobs.errors import ConfigError
 from jobs.spec.architectures import check_architecture
-from jobs.store import Store, open_store
+from jobs.store import Store, layout, open_store
 
 # Grayscale normalisation: the mean and std of ImageNet's RGB statistics, for 1-channel input.
 GRAY_MEAN, GRAY_STD = 0.449, 0.226
@@ -27,7 +27,7 @@ def _load_state_dict(weights: str, store: Store | None) -> dict:
     if weights.startswith("store:"):
         if store is None:
             raise ConfigError(f"weights {weights!r} need a store")
-        data = store.get_bytes(weights[len("store:") :])
+        data = store.get_bytes(layout.weights_key(weights))  # refuses store:../.. (checked at submit too)
     else:
         head, _, key = weights.rpartition("/")
         data = open_store(head).get_bytes(key)

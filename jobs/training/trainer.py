@@ -12,8 +12,8 @@ checkpoint); :meth:`Trainer.run_epoch` is one epoch (train, validate, keep the b
     result.json              test loss, per-class AUROC and F1 (thresholds chosen on validation)
 
 ``result.json`` is written last and marks the job done: a re-run skips it. ``last.pt`` present
-means resume at the next epoch. Randomness is re-derived from ``(seed, epoch)`` at each epoch,
-so a resumed run is the same run.
+means resume at the next epoch (from ``last.prev.pt`` when it cannot be read: :mod:`.checkpoints`).
+Randomness is re-derived from ``(seed, epoch)`` at each epoch, so a resumed run is the same run.
 
 The job's entry is :mod:`jobs.train` (``python -m jobs.train --job job.json --store URI``).
 """
@@ -160,7 +160,7 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.model)
         self.steps_per_epoch = max(1, self.manifest["splits"]["train"]["images"] // cfg.batch_size)
         self.scheduler = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
-        self.progress = RunProgress()
+        self.progress, self.previous = RunProgress(), None  # previous: last.pt's bytes, saved next as last.prev.pt
 
     # --- data ---------------------------------------------------------------------------------
     def train_prevalence(self) -> list[float]:
@@ -172,7 +172,7 @@ class Trainer:
         stream = ShardStream(
             self.store.uri,
             self.job.data_prefix,
-            [s["name"] for s in m["splits"][split]["shards"]],
+            m["splits"][split]["shards"],  # entries: the loader checks each shard's count, size and sha256
             m["config"]["encoding"],
             seed=self.job.seed,
             epoch=epoch,
@@ -192,15 +192,14 @@ class Trainer:
 
     # --- the run ------------------------------------------------------------------------------
     def start_or_resume(self) -> None:
-        """Continue from ``last.pt`` if there is one (weights, optimizer, RNGs, progress); log where the run starts."""
-        job, cfg = self.job, self.cfg
-        resumed = checkpoints.load_last(self.store, job, self.device, self.model, self.optimizer, self.scheduler)
+        """Continue from ``last.pt`` (else ``last.prev.pt``) if one can be read; log where the run starts."""
+        job, cfg, parts = self.job, self.cfg, (self.model, self.optimizer, self.scheduler)
+        resumed = checkpoints.load_last(self.store, job, self.device, *parts, log=self.log)
+        checkpoints.truncate_metrics(self.store, job, resumed.progress.epoch if resumed else 0)  # to be run again
         if resumed is not None:
-            self.progress = resumed
-            where = f" step {resumed.step}/{self.steps_per_epoch}" if resumed.step else ""
-            self.log(
-                f"{job.job_id}: resuming from checkpoints/last.pt at epoch {resumed.epoch + 1}/{cfg.epochs}{where}"
-            )
+            self.progress, self.previous, p = resumed.progress, resumed.data, resumed.progress
+            at = f"epoch {p.epoch + 1}/{cfg.epochs}" + (f" step {p.step}/{self.steps_per_epoch}" if p.step else "")
+            self.log(f"{job.job_id}: resuming from checkpoints/{resumed.name} at {at}")
             return
         splits = self.manifest["splits"]
         self.log(
@@ -244,7 +243,7 @@ class Trainer:
             "seconds": round(time.monotonic() - started, 2),
             "best": improved,
         }
-        self.append_metrics(record)
+        checkpoints.append_metrics(self.store, job, record)
         p.epoch = epoch + 1
         self.save_last()
         self.log(
@@ -363,15 +362,8 @@ class Trainer:
 
     # --- outputs ------------------------------------------------------------------------------
     def save_last(self) -> None:
-        checkpoints.save_last(self.store, self.job, self.model, self.optimizer, self.scheduler, self.progress)
-
-    def append_metrics(self, record: dict) -> None:
-        key = self.job.keys.metrics
-        lines = self.store.get_text(key).splitlines() if self.store.exists(key) else []
-        # Drop lines of epochs past the checkpoint: written by a run killed before its last.pt landed.
-        lines = [ln for ln in lines if json.loads(ln)["epoch"] < record["epoch"]]
-        lines.append(json.dumps(record))
-        self.store.put_text(key, "\n".join(lines) + "\n")
+        parts = (self.model, self.optimizer, self.scheduler, self.progress)
+        self.previous = checkpoints.save_last(self.store, self.job, *parts, previous=self.previous)
 
     def test_best(self, started: float) -> dict:
         """Evaluate ``best.pt``: thresholds from validation, metrics on test; write predictions and ``result.json``.
@@ -380,7 +372,7 @@ class Trainer:
             started: ``time.monotonic()`` when training started (``train_seconds`` counts from it).
         """
         job = self.job
-        best_epoch = checkpoints.load_best(self.store, job, self.device, self.model)
+        best_epoch = checkpoints.load_best(self.store, job, self.device, self.model, self.log)
         val, test = self.evaluate("val"), self.evaluate("test")
         thresholds = best_f1_thresholds(val.labels, val.probs)  # chosen on validation, never on test
         test_summary, val_summary = test.summary(thresholds), val.summary()

@@ -76,7 +76,7 @@ def test_make_synthetic_refuses_a_non_empty_folder(tmp_path):
 def test_evaluate_scores_a_predictions_file_on_the_real_split(nih_sample, tmp_path):
     names, labels = split_labels(open_store(nih_sample), "test")
     rng = np.random.default_rng(0)
-    probs = labels[:400] * 0.3 + rng.random((400, 14))
+    probs = (labels[:400] * 0.3 + rng.random((400, 14))) / 1.3  # probabilities: in [0, 1]
     lines = ["Image Index," + ",".join(f"prob_{c}" for c in CLASSES)]
     lines += [f"{n}," + ",".join(f"{v:.6f}" for v in p) for n, p in zip(names[:400], probs)]
     (tmp_path / "chexnet.csv").write_text("\n".join(lines) + "\n")
@@ -100,7 +100,7 @@ def test_evaluate_scores_a_predictions_file_on_the_real_split(nih_sample, tmp_pa
 def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
     # An external baseline that knows the labels of all but the last 5 test images (which it lacks).
     names, labels = split_labels(open_store(synthetic), "test")
-    probs = labels * 0.5 + np.random.default_rng(0).random(labels.shape) * 0.6
+    probs = (labels * 0.5 + np.random.default_rng(0).random(labels.shape) * 0.6) / 1.1  # in [0, 1]
     lines = ["Image Index," + ",".join(f"prob_{c}" for c in CLASSES)]
     lines += [f"{n}," + ",".join(f"{v:.4f}" for v in p) for n, p in zip(names[:-5], probs)]
     (tmp_path / "oracle.csv").write_text("\n".join(lines) + "\n")

@@ -69,3 +69,34 @@ def test_status_calls_a_report_older_than_the_runs_states_out_of_date(ended):
     )
     assert json.loads(distributed.status("st-1", settings, as_json=True))["report"] is False
     assert distributed.list_studies(settings).endswith("2 succeeded  report (out of date)")
+
+
+def test_a_damaged_result_shows_as_failed_and_resume_removes_it_and_trains_the_run_again(ended):
+    store, (a, b), settings, tmp = ended
+    text = store.get_text(a.keys.result)
+    store.put_text(a.keys.result, text[: len(text) // 2])
+    lines = distributed.status("st-1", settings).splitlines()
+    assert lines[0] == "study st-1: 2 runs: 1 failed, 1 succeeded; queues: gpu 0, cpu 0"
+    assert lines[-1].startswith(f"  densenet121 seed 1: {store.url(a.keys.result)} is damaged: not valid JSON (")
+    assert lines[-1].endswith("; `cxrstudy resume st-1` removes it and runs the run again")
+    assert distributed.resume("st-1", settings) == "study st-1: 1 runs enqueued again"
+    assert not store.exists(a.keys.result) and store.exists(b.keys.result)
+    (queued,) = (tmp / "broker" / "queue").glob("*.gpu.msg")
+    headers = json.loads(queued.read_text())["headers"]
+    assert headers["task"] == "cxrstudy.train" and a.job_id in headers["kwargsrepr"]
+
+
+def test_list_shows_every_study_and_marks_the_damaged_one(ended):
+    store, _, settings, _ = ended
+    spec = parse_study({"name": "other", "dataset": "/d", "runs": {"densenet121": [7]}})
+    write_study(store, spec.spec(), "other-1", "datasets/d/h", expand(spec, "other-1", "datasets/d/h"))
+    text = store.get_text(layout.study_key("other-1"))
+    store.put_text(layout.study_key("other-1"), text[:40])
+    lines = distributed.list_studies(settings).splitlines()
+    assert lines[0].startswith(
+        f"other-1  [damaged] {store.url(layout.study_key('other-1'))} is damaged: not valid JSON"
+    )
+    assert lines[0].endswith(
+        "; submit the study file again (`cxrstudy submit STUDY.yaml` writes it anew; the runs' files are kept)"
+    )
+    assert lines[1].startswith("st-1  ") and lines[1].endswith("  2 succeeded")

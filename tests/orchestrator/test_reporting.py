@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 
 from jobs import aggregate
 from jobs.data.labels import CLASSES
-from jobs.errors import ConfigError, PredictionsError
+from jobs.errors import ConfigError, PredictionsError, StoreError
 from jobs.report import figures
 from jobs.scoring.predictions import predictions_csv
 from jobs.spec.study import expand, parse_study
@@ -60,7 +60,7 @@ def study(tmp_path):
     vnames, vlabels = split["val"]
     rows = names[:250] + vnames[:30] + [f"other{i}.png" for i in range(5)]
     probs = np.vstack([labels[:250] * 0.4 + rng.random((250, 14)), vlabels[:30] * 0.4 + rng.random((30, 14))])
-    probs = np.vstack([probs, rng.random((5, 14))])
+    probs = np.vstack([probs, rng.random((5, 14))]) / 1.4  # probabilities: in [0, 1]
     (tmp_path / "chexnet.csv").write_text(baseline_csv(rows, probs))
     return store, tmp_path, split, probs
 
@@ -128,3 +128,20 @@ def test_cli_report_errors_are_one_line(study):
     assert_one_line_error(proc, "--compare densenet121 nope", "known: densenet121, efficientnet_b2, densenet121:1")
     proc = cxrstudy("report", "nope-1", "--store", store.root)
     assert_one_line_error(proc, "no study 'nope-1'")
+
+
+@pytest.mark.parametrize(
+    "sid, baselines, message",
+    [
+        ("no-such-1", ["a/../x=chexnet.csv"], r"^--baseline 'a/\.\./x=chexnet\.csv': use letters, digits"),
+        ("../../x", [], r"^study id '\.\./\.\./x': must be a single name \(no '/', not '\.' or '\.\.'\), not a path$"),
+    ],
+)
+def test_report_names_never_leave_the_store(tmp_path, sid, baselines, message):
+    """A baseline's name is checked before the store is read; a study id is a name, never a path."""
+    store = LocalStore(tmp_path / "a" / "store")
+    spec = parse_study({"name": "rep", "dataset": "/d", "runs": {"densenet121": [1]}})
+    write_study(store, spec.spec(), "rep-1", "datasets/d/x", expand(spec, "rep-1", "datasets/d/x"))
+    with pytest.raises((ConfigError, StoreError), match=message):
+        report(sid, store, baselines, [])
+    assert sorted(p.name for p in tmp_path.rglob("*.csv")) == []

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +133,43 @@ def test_two_stores_on_one_broker_share_no_lease_attempt_or_claim(broker, reques
     assert rerun.acquire("job", "b", ttl=5).token == 1 and rerun.attempts("job", 1) == 1
     assert rerun.claim("aggregate:s:d", ttl=60)
     assert (clean.holder("job"), rerun.holder("job")) == ("a", "b")
+
+
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("redis://host:abc/0", "the port is not a number from 0 to 65535; use redis://"),
+        ("redis://host:99999/0", "the port is not a number from 0 to 65535; use redis://"),
+        ("redis://:s3cret@host:6379/zero", "the database 'zero' is not a number; use redis://"),
+        ("local://broker", "a local broker needs an absolute path, local:///path (three slashes)"),
+        ("local:///proc/self/broker", "its folder /proc/self/broker is not writable (No such file or directory)"),
+    ],
+)
+def test_a_broker_url_that_cannot_be_used_is_one_line_naming_the_flag_and_the_variable(url, problem):
+    with pytest.raises(ConfigError) as caught:
+        open_coord(url, "s3://bucket/x")
+    message = str(caught.value)
+    assert message.startswith(f"broker URL '{url.replace('s3cret', '***')}': {problem}")
+    assert message.endswith("(fix --broker / CXRSTUDY_BROKER_URL)") and "s3cret" not in message
+
+
+def test_a_local_broker_on_a_read_only_file_system_or_under_a_file_is_one_line(tmp_path, monkeypatch):
+    from worker.app import broker_config
+
+    (tmp_path / "file.txt").write_text("")
+    url = f"local://{tmp_path / 'file.txt' / 'broker'}"
+    for make in (lambda: open_coord(url, "s3://bucket/x"), lambda: broker_config(Settings(broker_url=url))):
+        with pytest.raises(ConfigError, match=rf"its folder {tmp_path}/file.txt/broker is not writable \(Not a dir"):
+            make()
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)  # a read-only mount: root cannot write there either
+    url = f"local://{tmp_path / 'broker'}"
+    with pytest.raises(ConfigError) as caught:
+        broker_config(Settings(broker_url=url))
+    assert str(caught.value) == (
+        f"broker URL '{url}': its folder {tmp_path / 'broker'} is not writable (Read-only file system); "
+        "use local:///path with a folder you can write to (fix --broker / CXRSTUDY_BROKER_URL)"
+    )

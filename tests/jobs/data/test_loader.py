@@ -1,16 +1,19 @@
+import re
+import shutil
+
 import numpy as np
+import pytest
 import torch
 
 from jobs import prepare
 from jobs.data.loader import ShardStream, augment, make_loader
+from jobs.errors import DamagedArtifact
 from jobs.spec.configs import AugmentConfig, PrepConfig
-from jobs.store import open_store
+from jobs.store import LocalStore, open_store
 
 
 def _stream(store, m, split="train", **kw):
-    return ShardStream(
-        store.uri, m["prefix"], [s["name"] for s in m["splits"][split]["shards"]], m["config"]["encoding"], **kw
-    )
+    return ShardStream(store.uri, m["prefix"], m["splits"][split]["shards"], m["config"]["encoding"], **kw)
 
 
 def _epoch(stream, batch_size=16):
@@ -53,3 +56,25 @@ def test_streams_shards_from_s3(synthetic, s3_env):
     m = prepare.run(str(synthetic), store, PrepConfig(image_size=48, shard_size=64), workers=1, log=lambda s: None)
     names, _ = _epoch(_stream(store, m, seed=0, shuffle=True))
     assert len(names) == m["splits"]["train"]["images"]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_damaged_shard_fails_the_split_with_one_line_naming_it(prepared, tmp_path, num_workers):
+    store, m = prepared
+    copy = LocalStore(tmp_path)
+    shutil.copytree(store.path(m["prefix"]), copy.path(m["prefix"]))
+    key = f"{m['prefix']}/shards/test-000000.tar"
+    data = copy.path(key).read_bytes()
+    copy.path(key).write_bytes(data[: len(data) // 2])
+    count = m["splits"]["test"]["shards"][0]["count"]
+    seen = []
+    with pytest.raises(DamagedArtifact) as caught:
+        for _, _, names in make_loader(_stream(copy, m, split="test"), 8, num_workers=num_workers):
+            seen.extend(names)
+    message = str(caught.value)
+    assert re.fullmatch(
+        rf"shard {re.escape(copy.url(key))} is damaged \(\d+ of {count} samples read, then [^\n]+\): run "
+        r"`cxrstudy prepare` again for this dataset, which rebuilds damaged shards, then resume the study",
+        message,
+    ), message
+    assert len(seen) < count

@@ -49,7 +49,7 @@ def test_prepare_real_sample_shards_match_opencv(nih_sample, tmp_path):
     assert [m["splits"][s]["images"] for s in ("train", "val", "test")] == [89, 11, 30]
     assert [s["count"] for s in m["splits"]["train"]["shards"]] == [40, 40, 9]
     with store.open(f"{m['prefix']}/shards/test-000000.tar") as fh:
-        samples = list(read_shard(fh, "png", "test shard"))
+        samples = list(read_shard(fh, "png", "test shard", m["splits"]["test"]["shards"][0]))
     assert len(samples) == 30
     s = samples[0]
     gray = cv2.imread(str(nih_sample / "images" / s.image), cv2.IMREAD_GRAYSCALE)
@@ -108,6 +108,6 @@ def test_npy_encoding_round_trips(synthetic, tmp_path):
     store = LocalStore(tmp_path)
     m = prepare.run(str(synthetic), store, PrepConfig(image_size=32, encoding="npy"), workers=1, **quiet)
     with store.open(f"{m['prefix']}/shards/val-000000.tar") as fh:
-        sample = next(read_shard(fh, "npy", "val"))
+        sample = next(read_shard(fh, "npy", "val", m["splits"]["val"]["shards"][0]))
     gray = cv2.imread(str(synthetic / "images" / sample.image), cv2.IMREAD_GRAYSCALE)
     assert np.array_equal(sample.pixels, preprocess(gray, 32))

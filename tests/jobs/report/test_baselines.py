@@ -274,6 +274,27 @@ def test_an_unknown_split_lists_the_choices(synthetic):
         split_labels(LocalStore(synthetic), "validation")
 
 
+@pytest.mark.parametrize("threshold", [7, 0, 1, -0.5, float("nan")])
+def test_evaluate_refuses_a_threshold_that_is_no_probability_before_reading_anything(tmp_path, threshold):
+    with pytest.raises(ConfigError) as err:
+        evaluate(str(tmp_path / "absent.csv"), str(tmp_path / "absent"), threshold=threshold, log=lambda m: None)
+    assert str(err.value) == (
+        f"--threshold {threshold:g}: the F1 threshold is a probability strictly between 0 and 1 "
+        "(the default is 0.5); the predictions must be probabilities too"
+    )
+
+
+def test_evaluate_refuses_predictions_on_a_0_100_scale_naming_the_file_and_cell(tmp_path):
+    path = tmp_path / "percent.csv"
+    path.write_bytes(predictions_csv([image(i) for i in range(3)], np.full((3, 14), 37.5)))
+    with pytest.raises(PredictionsError) as err:
+        evaluate(str(path), str(tmp_path / "no-dataset-needed"), log=lambda m: None)
+    assert str(err.value).startswith(
+        f"{path}, line 2, column 'prob_Pneumothorax' (column 16): '37.5' is not a probability between 0 and 1 "
+        "(42 cells are outside [0, 1]; the values run from 37.5 to 37.5)"
+    )
+
+
 @pytest.fixture(scope="module")
 def sample_splits(nih_sample):
     store = LocalStore(nih_sample)

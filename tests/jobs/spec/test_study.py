@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.errors import StudyFileError
-from jobs.spec.study import expand, load_study_file, study_id
+from jobs.errors import ConfigError, StudyFileError
+from jobs.spec.study import check_option_name, expand, load_study_file, study_id
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -93,7 +93,7 @@ def test_shipped_examples_parse():
         ("name: a\nruns: {densenet121: [1]}\n", r"dataset: missing \(required\)"),
         (
             "name: a\ndataset: d\npreprocessing: {clip_limit: -1}\nruns: {densenet121: [1]}\n",
-            r"preprocessing.clip_limit must be positive",
+            r"preprocessing\.clip_limit: must be greater than 0 \(got -1\)$",
         ),
         ("name: a\ndataset: d\nruns: {densenet121: [1]\n", r"study.yaml, line \d+: not valid YAML"),
         (
@@ -120,3 +120,87 @@ def test_bad_study_files_name_the_file_and_field(tmp_path, text, message):
         load_study_file(write(tmp_path, text))
     assert str(info.value).startswith(str(tmp_path / "study.yaml"))
     assert "\n" not in str(info.value)
+
+
+def study_text(training: str = "", runs: str = "{densenet121: [1]}", preprocessing: str = "") -> str:
+    """A one-architecture study file with the given mappings."""
+    text = "name: a\ndataset: d\n"
+    text += f"preprocessing: {preprocessing}\n" if preprocessing else ""
+    text += f"training: {training}\n" if training else ""
+    return text + f"runs: {runs}\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (study_text("{min_lr_ratio: -2}"), r"training\.min_lr_ratio: must be between 0 and 1 \(got -2\)"),
+        (
+            study_text(runs="{densenet121: [-1]}"),
+            r"runs\.densenet121\[0\]: must be between 0 and 4294967295 \(got -1\)",
+        ),
+        (
+            study_text(runs="{densenet121: [1, 4294967296]}"),
+            r"runs\.densenet121\[1\]: must be between 0 and 4294967295 \(got 4294967296\)",
+        ),
+        (study_text("{drop_rate: 1.5}"), r"training\.drop_rate: must be at least 0 and less than 1 \(got 1\.5\)"),
+        (
+            study_text(preprocessing="{image_size: 100000}"),
+            r"preprocessing\.image_size: must be between 16 and 2048 \(got 100000\)",
+        ),
+        (
+            study_text(preprocessing="{val_fraction: 1.5}"),
+            r"preprocessing\.val_fraction: must be greater than 0 and less than 1 \(got 1\.5\)",
+        ),
+        (
+            study_text("{augment: {scale_min: 1.2, scale_max: 1.1}}"),
+            r"training\.augment\.scale_min: must be at most scale_max \(1\.1\) \(got 1\.2\)",
+        ),
+        (study_text("{loss: {name: focal, alpha: 5}}"), r"training\.loss\.alpha: must be between 0 and 1 \(got 5\)"),
+        (study_text("{loss: {name: focal, gamma: -1}}"), r"training\.loss\.gamma: must be at least 0 \(got -1\)"),
+        (
+            study_text("{loss: {name: bce, pos_weight: -3}}"),
+            r"training\.loss\.pos_weight: must be greater than 0 \(got -3\)",
+        ),
+        (study_text("{lr: .nan}"), r"training\.lr: must be a finite number \(got nan\)"),
+        (
+            study_text("{weights: 'store:../../../../etc/hostname'}"),
+            r"training\.weights: the key of store:KEY has a '\.\.' segment; name an object inside the store, like "
+            r"store:models/densenet121\.pth \(got 'store:\.\./\.\./\.\./\.\./etc/hostname'\)",
+        ),
+        # Per-architecture overrides get the same checks, under their own path.
+        (
+            study_text(runs="{densenet121: {seeds: [1], training: {min_lr_ratio: -2}}}"),
+            r"runs\.densenet121\.training\.min_lr_ratio: must be between 0 and 1 \(got -2\)",
+        ),
+        (
+            study_text(runs="{densenet121: {seeds: [1], training: {augment: {scale_max: 0.5}}}}"),
+            r"runs\.densenet121\.training\.augment\.scale_min: must be at most scale_max \(0\.5\) \(got 0\.95\)",
+        ),
+        (
+            study_text(runs="{densenet121: {seeds: [1], training: {loss: {alpha: 5}}}}"),
+            r"runs\.densenet121\.training\.loss\.alpha: must be between 0 and 1 \(got 5\)",
+        ),
+    ],
+)
+def test_out_of_range_values_fail_at_submit_naming_the_file_and_field(tmp_path, text, message):
+    with pytest.raises(StudyFileError, match=message + "$") as info:
+        load_study_file(write(tmp_path, text))
+    assert str(info.value).startswith(f"{tmp_path / 'study.yaml'}: ")
+
+
+def test_ranges_include_their_ends_and_nothing_beyond(tmp_path):
+    training = "{min_lr_ratio: 1, drop_rate: 0, loss: {name: bce}, augment: {scale_min: 1, scale_max: 1}}"
+    prep = "{image_size: 16, val_fraction: 0.5, split_seed: 0}"
+    study = load_study_file(write(tmp_path, study_text(training, "{densenet121: [0, 4294967295]}", prep)))
+    assert study.runs[0].seeds == (0, 4294967295) and study.training.min_lr_ratio == 1.0
+    assert study.preprocessing.image_size == 16 and study.training.loss.args == {}
+    for beyond in (study_text("{min_lr_ratio: 1.001}"), study_text(preprocessing="{image_size: 2049}")):
+        with pytest.raises(StudyFileError, match=r": must be between "):
+            load_study_file(write(tmp_path, beyond))
+
+
+@pytest.mark.parametrize("value", ["../x", "a/b", ".", "..", ""])
+def test_a_name_given_as_an_option_is_checked_like_one_in_the_file(value):
+    with pytest.raises(ConfigError, match=r"^--dataset-id: use letters, digits, '\.', '_' and '-' only"):
+        check_option_name(value, "--dataset-id")
+    assert check_option_name("nih-v2.1", "--dataset-id") == "nih-v2.1" and check_option_name(None, "--x") is None

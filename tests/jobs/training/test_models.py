@@ -2,12 +2,13 @@
 
 import io
 import math
+import re
 
 import pytest
 import timm
 import torch
 
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, StoreError
 from jobs.spec.architectures import check_architecture
 from jobs.store import LocalStore
 from jobs.training.models import create_model, init_head_prior
@@ -64,3 +65,16 @@ def test_store_weights_that_fit_nothing_are_refused(tmp_path):
     store.put_bytes("bad.pt", buf.getvalue())
     with pytest.raises(ConfigError, match="no tensor matches 'test_resnet'"):
         create_model("test_resnet", weights="store:bad.pt", store=store)
+
+
+@pytest.mark.parametrize("key", ["../outside.pt", "../../store/../outside.pt", "/abs/outside.pt"])
+def test_store_weights_outside_the_store_are_refused(tmp_path, key):
+    source = create_model("test_resnet")
+    buf = io.BytesIO()
+    torch.save({"model": source.state_dict()}, buf)
+    (tmp_path / "outside.pt").write_bytes(buf.getvalue())  # a loadable state dict, just outside the store
+    store = LocalStore(tmp_path / "store")
+    with pytest.raises(
+        StoreError, match=rf"^training\.weights 'store:{re.escape(key)}': the key (has a '\.\.' segment|is absolute)"
+    ):
+        create_model("test_resnet", weights=f"store:{key}", store=store)

@@ -1,6 +1,7 @@
 """The train job on a tiny timm model (test_resnet, 32 px): real training, values checked."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -15,6 +16,7 @@ import torch
 
 from jobs import train
 from jobs.data.labels import CLASSES
+from jobs.errors import DamagedArtifact
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class
 from jobs.spec.study import JobSpec, TrainConfig
 from jobs.training import trainer
@@ -165,3 +167,63 @@ def test_a_diverged_model_fails_with_what_happened_and_what_to_do(prepared, monk
     with pytest.raises(trainer.TrainingDiverged, match=r"val probabilities contain NaN: training diverged \(lower"):
         train.run(j, store, log=lambda s: None)
     assert not store.exists(j.keys.result)
+
+
+# --- damaged checkpoints: set aside, and the run still ends as if nothing had happened -------------------
+def metrics_epochs(store, j) -> list[int]:
+    return [json.loads(x)["epoch"] for x in store.get_text(j.keys.metrics).splitlines()]
+
+
+def set_aside(store, j) -> list[str]:
+    return sorted(o.key for o in store.list(j.keys.checkpoint("")) if ".damaged-" in o.key)
+
+
+def test_a_damaged_last_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(prepared):
+    store, m = prepared
+    j = job(m, "damaged-last")
+    # Stopped in epoch 3 without a write: last.pt holds epoch 2, last.prev.pt epoch 1, metrics epochs 1-2.
+    assert train.run(j, store, log=lambda s: None, on_step=lambda p: "abandon" if p["epoch"] == 3 else None) is None
+    cut = store.get_bytes(j.keys.checkpoint("last.pt"))[:100]  # as by a failed copy: "PytorchStreamReader failed"
+    store.put_bytes(j.keys.checkpoint("last.pt"), cut)
+
+    messages = []
+    result = train.run(j, store, log=messages.append)
+
+    (aside,) = set_aside(store, j)
+    assert aside.startswith(j.keys.checkpoint("last.pt.damaged-")) and store.get_bytes(aside) == cut
+    assert [x for x in messages if "warning" in x] == [
+        f"{j.job_id}: warning: {store.url(j.keys.checkpoint('last.pt'))} cannot be read (RuntimeError: "
+        f"PytorchStreamReader failed reading zip archive: failed finding central directory); set aside as {aside}"
+    ]
+    assert f"{j.job_id}: resuming from checkpoints/last.prev.pt at epoch 2/3" in messages
+    assert sum(1 for x in messages if " train loss " in x) == 2  # epochs 2 and 3
+    assert metrics_epochs(store, j) == [1, 2, 3]  # epoch 2 once, though it ran twice
+    uninterrupted = train.run(job(m, "never-damaged"), store, log=lambda s: None)
+    assert result["test"] == uninterrupted["test"] and result["val"] == uninterrupted["val"]
+    assert (result["epochs_run"], result["best_epoch"]) == (3, uninterrupted["best_epoch"])
+
+
+def test_a_damaged_best_checkpoint_fails_the_run_and_the_next_attempt_trains_it_again(prepared):
+    store, m = prepared
+    j = job(m, "damaged-best", cfg=dataclasses.replace(TINY, epochs=1))
+
+    def damage_best(record):  # after the last checkpoint, before the test
+        store.put_bytes(j.keys.checkpoint("best.pt"), b"\x00" * 64)
+
+    with pytest.raises(DamagedArtifact) as caught:
+        train.run(j, store, log=lambda s: None, on_epoch=damage_best)
+    (aside,) = set_aside(store, j)
+    assert str(caught.value).startswith(f"{store.url(j.keys.checkpoint('best.pt'))} cannot be read (")
+    assert str(caught.value).endswith(
+        f"it was set aside as {aside}. `cxrstudy resume damaged-best` (or `cxrstudy run` again) trains run "
+        f"{j.job_id} again from the start"
+    )
+    assert not store.exists(j.keys.result) and not store.exists(j.keys.checkpoint("best.pt"))
+    first = [{**json.loads(x), "seconds": 0} for x in store.get_text(j.keys.metrics).splitlines()]
+
+    messages = []
+    result = train.run(j, store, log=messages.append)
+    assert f"{j.job_id}: checkpoints/best.pt is gone (set aside?); training the run again from the start" in messages
+    assert sum(1 for x in messages if " train loss " in x) == 1 and result["epochs_run"] == 1
+    # Trained again from the start, the same run: the same epoch as the first attempt's.
+    assert [{**json.loads(x), "seconds": 0} for x in store.get_text(j.keys.metrics).splitlines()] == first

@@ -1,0 +1,130 @@
+"""The status table of a study: one row per run, the summary line, and the report's state.
+
+Everything here reads what :func:`jobs.store.records.run_state` decided, and copes with records that
+lack fields (a damaged or hand-edited ``result.json``): such a run still has its row, with a note
+naming the file, so one bad file never hides the other runs.
+"""
+
+from __future__ import annotations
+
+import time
+
+from jobs.errors import DamagedArtifact
+from jobs.store import Store, layout
+from jobs.store.records import RunState, missing_fields, read_json, report_covers, study_states
+
+# What a row shows of a succeeded run's result.json (the trainer writes these and more).
+STATUS_FIELDS = ("epochs_run", "val.avg_auroc", "test.avg_auroc")
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _elapsed(detail: dict) -> str:
+    started, end = _number(detail.get("started")), _number(detail.get("updated", time.time()))
+    if not started or end is None:
+        return ""
+    s = int(end - started)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def status_rows(store: Store, sid: str, stale_after: float) -> tuple[dict, list[dict]]:
+    doc, states = study_states(store, sid, stale_after)
+    return doc, rows_of(states)
+
+
+def _result_row(s: RunState, epochs: int) -> dict:
+    """What a succeeded run's row shows from its result.json, and a note naming the fields it lacks."""
+    d = s.detail
+    val, test = d.get("val"), d.get("test")
+    row = {
+        "epoch": f"{d.get('epochs_run', '?')}/{epochs}",
+        "val_auroc": _number(val.get("avg_auroc")) if isinstance(val, dict) else None,
+        "test_auroc": _number(test.get("avg_auroc")) if isinstance(test, dict) else None,
+    }
+    if missing := missing_fields(d, STATUS_FIELDS):
+        row["error"] = (
+            f"{s.job.keys.result} is damaged: it has no {', '.join(map(repr, missing))}; delete it and "
+            f"`cxrstudy resume {s.job.study_id}` runs the run again"
+        )
+    return row
+
+
+def rows_of(states: list[RunState]) -> list[dict]:
+    """One status row per run."""
+    rows = []
+    for s in states:
+        d = s.detail
+        p = d if s.state == "running" else (d.get("progress") or {})
+        epochs = s.job.training.epochs
+        row = {
+            "job_id": s.job.job_id,
+            "architecture": s.job.architecture,
+            "seed": s.job.seed,
+            "state": s.state,
+            "epoch": f"{p.get('epoch', 0)}/{epochs}" if p else "",
+            "step": f"{p.get('step', 0)}/{p.get('steps', '?')}" if p.get("steps") else "",
+            "val_auroc": _number(p.get("val_auroc")),
+            "worker": str(p.get("worker", "")),
+            "elapsed": _elapsed(p),
+        }
+        if s.state == "succeeded":
+            row.update(_result_row(s, epochs))
+        if s.state in ("failed", "retrying"):
+            row["error"] = str(d.get("error", ""))
+            row["attempts"] = d.get("attempts")
+        if d.get("warning"):
+            row["error"] = "; ".join(filter(None, [row.get("error"), d["warning"]]))
+        rows.append(row)
+    return rows
+
+
+def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, report: str) -> str:
+    """The status table; ``report`` is one of :func:`report_state`'s phrases (or "")."""
+    header = ["Architecture", "Seed", "State", "Epoch", "Val AUROC", "Worker", "Elapsed"]
+    table = [header] + [
+        [
+            r["architecture"],
+            str(r["seed"]),
+            r["state"] + (f" ({r['attempts']} attempts)" if r.get("attempts") else ""),
+            r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
+            "" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}",
+            r["worker"] if r["state"] == "running" else "",
+            r["elapsed"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+    queue = f"; queues: gpu {depths['gpu']}, cpu {depths['cpu']}" if depths else ""
+    done = f"; {report}" if report else ""
+    errors = [f"  {r['architecture']} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
+    return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])
+
+
+def aggregate_error(store: Store, sid: str) -> str | None:
+    """Why the study's last aggregate job failed (None: it did not), from ``aggregate_error.json``."""
+    key = layout.aggregate_error_key(sid)
+    try:
+        record = read_json(store, key, "it is removed when the aggregate job runs again")
+    except DamagedArtifact as exc:
+        return str(exc)
+    return None if record is None else str(record.get("error", f"no reason recorded in {store.url(key)}"))
+
+
+def report_state(store: Store, sid: str, states: list[RunState]) -> tuple[str, str]:
+    """The report's state, ready (it covers every run's end state), failed, stale or none, and a
+    phrase for the status line."""
+    if report_covers(store, sid, states):
+        return "ready", "report ready"
+    error = aggregate_error(store, sid)
+    if error is not None:
+        return "failed", f"the aggregate job failed: {error} (`cxrstudy resume {sid}` runs it again)"
+    if store.exists(layout.report_markdown_key(sid)):
+        return "stale", "the report is out of date (it predates the runs' current states)"
+    return "none", ""

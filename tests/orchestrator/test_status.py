@@ -1,0 +1,80 @@
+"""The status table reads what the store has and copes with what it lacks: one run's damaged record
+never crashes the table of the others."""
+
+import json
+import time
+
+import pytest
+
+from jobs.spec.study import expand, parse_study
+from jobs.store import LocalStore, layout
+from jobs.store.records import study_states, write_json, write_study
+from orchestrator.status import format_status, report_state, rows_of
+
+RESULT = {"status": "succeeded", "epochs_run": 4, "val": {"avg_auroc": 0.71}, "test": {"avg_auroc": 0.7}}
+
+
+@pytest.fixture
+def study(tmp_path):
+    store = LocalStore(tmp_path)
+    spec = parse_study({"name": "st", "dataset": "/d", "training": {"epochs": 5}, "runs": {"densenet121": [1, 2]}})
+    jobs = expand(spec, "st-1", "datasets/d/h")
+    write_study(store, spec.spec(), "st-1", "datasets/d/h", jobs)
+    return store, jobs
+
+
+def table(store) -> list[str]:
+    _, states = study_states(store, "st-1")
+    return format_status("st-1", rows_of(states), None, "").splitlines()
+
+
+@pytest.mark.parametrize(
+    "result, epoch, auroc, missing",
+    [
+        ({"status": "succeeded"}, "?/5", "", "'epochs_run', 'val.avg_auroc', 'test.avg_auroc'"),
+        ({**RESULT, "val": {}}, "4/5", "", "'val.avg_auroc'"),
+        ({**RESULT, "val": "high"}, "4/5", "", "'val.avg_auroc'"),
+        ({**RESULT, "val": {"avg_auroc": "high"}}, "4/5", "", None),
+        ({**RESULT, "val": {"avg_auroc": None}}, "4/5", "", None),
+    ],
+)
+def test_a_result_missing_fields_still_has_its_row_and_a_note_naming_the_file(study, result, epoch, auroc, missing):
+    store, (a, b) = study
+    write_json(store, a.keys.result, result)
+    write_json(store, b.keys.result, RESULT)
+    lines = table(store)
+    assert lines[0] == "study st-1: 2 runs: 2 succeeded"
+    assert lines[2].split() == ["densenet121", "1", "succeeded", epoch, *([auroc] if auroc else [])]
+    assert lines[3].split() == ["densenet121", "2", "succeeded", "4/5", "0.7100"]
+    notes = lines[4:]
+    if missing is None:
+        assert notes == []
+    else:
+        assert notes == [
+            f"  densenet121 seed 1: {a.keys.result} is damaged: it has no {missing}; delete it and "
+            "`cxrstudy resume st-1` runs the run again"
+        ]
+
+
+def test_a_damaged_progress_file_is_shown_on_a_queued_run(study):
+    store, (a, _) = study
+    write_json(store, a.keys.progress, {"state": "running", "updated": time.time(), "started": "noon", "epoch": 1})
+    _, states = study_states(store, "st-1")
+    assert rows_of(states)[0]["elapsed"] == ""  # a progress record with a bad start time: no elapsed, no crash
+    store.put_text(a.keys.progress, '{"state": "runn')
+    lines = table(store)
+    assert lines[0] == "study st-1: 2 runs: 2 queued"
+    assert lines[-1].startswith(f"  densenet121 seed 1: {store.url(a.keys.progress)} is damaged: not valid JSON (")
+    assert lines[-1].endswith("; the run's next heartbeat writes it again")
+
+
+def test_a_damaged_aggregate_error_is_the_reason_shown(study):
+    store, _ = study
+    _, states = study_states(store, "st-1")
+    store.put_text(layout.aggregate_error_key("st-1"), json.dumps({"error": "x"})[:5])
+    state, phrase = report_state(store, "st-1", states)
+    assert state == "failed"
+    assert phrase.startswith(
+        f"the aggregate job failed: {store.url(layout.aggregate_error_key('st-1'))} is damaged: not valid JSON ("
+    )
+    assert phrase.endswith("; it is removed when the aggregate job runs again (`cxrstudy resume st-1` runs it again)")
