@@ -34,6 +34,11 @@ class LeaseLost(CxrStudyError):
     """A running job's lease was taken by another worker: this worker must stop without writing."""
 
 
+class BrokerUnreachable(LeaseLost):
+    """The broker could not confirm a running job's lease for too long: stop without writing and
+    requeue the job (its lease expires meanwhile, so another worker may take it)."""
+
+
 class DamagedArtifact(CxrStudyError):
     """A file in the store cannot be read as what it should be (a shard, a checkpoint, a JSON record):
     retrying cannot help; the message names the key and how to make it again."""

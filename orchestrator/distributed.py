@@ -97,20 +97,22 @@ class FanInWatch:
     """What ``wait`` does when every run has ended and no report follows, so it never waits forever.
 
     The workers enqueue the aggregate job when the last run ends. Should that message be lost (a
-    flushed broker, a claim taken by another deployment), ``wait`` enqueues it itself after
-    ``grace`` seconds; a failed aggregate job, or one no worker takes from the cpu queue, ends the
-    wait with an error that says what to do.
+    flushed broker, a worker killed between the claim and the send), ``wait`` runs the same fan-in
+    itself every ``grace`` seconds: it enqueues the job once the workers' claim is gone or has
+    lapsed. It says so when the job sits in the cpu queue, and a failed aggregate job ends the wait
+    with its error and what to do.
     """
 
     def __init__(self, settings: Settings, store: Store, coord, sid: str, grace: float, log: Callable[[str], None]):
         self.settings, self.store, self.coord, self.sid, self.grace, self.log = settings, store, coord, sid, grace, log
         self.ended_at: float | None = None
-        self.enqueued_at: float | None = None
+        self.tried_at: float | None = None
+        self.warned = False
 
     def check(self, states: list[RunState]) -> None:
         sid = self.sid
         if not all(s.ended for s in states):
-            self.ended_at = self.enqueued_at = None
+            self.ended_at = self.tried_at = None
             return
         error = aggregate_error(self.store, sid)
         if error is not None:
@@ -120,18 +122,19 @@ class FanInWatch:
             )
         now = time.monotonic()
         self.ended_at = self.ended_at or now
-        if self.enqueued_at is None:
-            if now - self.ended_at >= self.grace:
-                from worker.tasks import enqueue_aggregate
+        if now - self.ended_at < self.grace or (self.tried_at and now - self.tried_at < self.grace):
+            return
+        from worker.tasks import maybe_aggregate
 
-                self.log(f"study {sid}: every run ended {self.grace:.0f}s ago and no report followed; enqueueing it")
-                enqueue_aggregate(make_app(self.settings), sid)
-                self.enqueued_at = now
-        elif now - self.enqueued_at >= self.grace and self.coord.queue_depths()["cpu"] > 0:
-            raise CxrStudyError(
-                f"study {sid}: every run has ended but its aggregate job waits in the cpu queue and no "
-                "worker takes it: start one (`cxrstudy worker --queues cpu`, or the chart's cpu workers)"
+        if maybe_aggregate(make_app(self.settings), self.store, self.coord, sid, self.settings.stale_after):
+            self.log(f"study {sid}: every run has ended and no report followed; the aggregate job is enqueued")
+        elif self.tried_at and not self.warned and (depth := self.coord.queue_depths()["cpu"]):
+            self.log(
+                f"study {sid}: every run has ended; the report waits on the cpu queue ({depth} jobs in it): "
+                "is a worker serving it? (`cxrstudy worker --queues cpu`, or the chart's cpu workers)"
             )
+            self.warned = True
+        self.tried_at = now
 
 
 def wait(
@@ -211,15 +214,19 @@ def resume(sid: str, settings: Settings) -> str:
     if not manifest_exists(store, doc["data_prefix"]):
         app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
         return f"study {sid}: no shards yet; prepare enqueued again"
+    from worker.tasks import aggregate_claim, enqueue_aggregate, enqueue_train
+
+    states = [run_state(store, job, settings.stale_after) for job in study_jobs(doc)]
+    if all(s.ended for s in states):  # the runs re-run may end as before: that ending may fan in again
+        coord.unclaim(aggregate_claim(sid, states))
     pending = []
-    for job in study_jobs(doc):
-        if run_state(store, job, settings.stale_after).state == SUCCEEDED:
+    for state in states:
+        job = state.job
+        if state.state == SUCCEEDED:
             continue
         clear_ending(store, job)
         coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
         pending.append(job.job_id)
-    from worker.tasks import enqueue_aggregate, enqueue_train
-
     enqueue_train(app, sid, pending)
     if not pending:
         if not report_ready(store, sid, settings.stale_after):

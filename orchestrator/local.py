@@ -14,7 +14,7 @@ from jobs import aggregate, prepare, train
 from jobs.errors import CxrStudyError, DamagedArtifact
 from jobs.spec.study import Study
 from jobs.store import Store
-from jobs.store.records import SUCCEEDED, RunState, run_state, write_error
+from jobs.store.records import SUCCEEDED, RunState, clear_ending, run_state, write_error
 from orchestrator.submission import register
 
 
@@ -29,6 +29,8 @@ def run_study(study: Study, store: Store, log: Callable[[str], None] = print) ->
     jobs, failed = registered.jobs, []
     for i, job in enumerate(jobs, start=1):
         log(f"run {i}/{len(jobs)}: {job.architecture} seed {job.seed} ({job.job_id})")
+        if run_state(store, job).state != SUCCEEDED:
+            clear_ending(store, job)  # as `resume` does: a failed, cancelled or damaged ending is run again
         try:
             train.run(job, store, log=log)
         except DamagedArtifact as exc:  # this run's file (its best.pt): the message says what to do

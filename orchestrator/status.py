@@ -87,7 +87,7 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
         [
             r["architecture"],
             str(r["seed"]),
-            r["state"] + (f" ({r['attempts']} attempts)" if r.get("attempts") else ""),
+            r["state"] + (f" ({r['attempts']} attempt{'s' if r['attempts'] != 1 else ''})" if r.get("attempts") else ""),
             r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
             "" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}",
             r["worker"] if r["state"] == "running" else "",

@@ -88,6 +88,10 @@ class Coordinator:
         """True for the first caller only, until ``ttl`` seconds have passed."""
         raise NotImplementedError
 
+    def unclaim(self, key: str) -> None:
+        """Drop a claim (``resume`` runs an ending again, which must be able to fan in again)."""
+        raise NotImplementedError
+
     def queue_depths(self) -> dict[str, int]:
         raise NotImplementedError
 
@@ -199,6 +203,9 @@ class RedisCoord(Coordinator):
 
     def claim(self, key, ttl):
         return bool(self.r.set(f"{self.prefix}claim:{key}", str(time.time()), nx=True, px=max(1, int(ttl * 1000))))
+
+    def unclaim(self, key):
+        self.r.delete(f"{self.prefix}claim:{key}")
 
     def queue_depths(self):
         return {q: int(self.r.llen(q)) for q in QUEUES}
@@ -318,6 +325,9 @@ class FileCoord(Coordinator):
                 return False
             self._write(name, time.time() + ttl)
             return True
+
+    def unclaim(self, key):
+        (self.root / f"claim/{key.replace('/', '_')}").unlink(missing_ok=True)
 
     def queue_depths(self):
         queue = self.base.parent / "queue"

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from jobs.errors import DamagedArtifact, LeaseLost
+from jobs.errors import BrokerUnreachable, DamagedArtifact, LeaseLost
 from jobs.spec.runs import JobSpec
 from jobs.store import Store, layout
 from jobs.store.fencing import FencedStore
@@ -32,6 +32,14 @@ def fence_token(store: Store, job: JobSpec) -> int | None:
     return None if record is None else int(record.get("token", -1))
 
 
+def take_lease(
+    coord: Coordinator, store: Store, job: JobSpec, owner: str, ttl: float, log: Callable
+) -> JobLease | None:
+    """Acquire the job with a token above every token the store has seen; None when another holds it."""
+    lease = coord.acquire(job.job_id, owner, ttl, floor=fence_token(store, job) or 0)
+    return None if lease is None else JobLease(coord, store, job, lease, ttl, log)
+
+
 class JobLease:
     """A held lease and its fencing token: :meth:`check` before each write, :meth:`renew` on a heartbeat.
 
@@ -44,6 +52,8 @@ class JobLease:
     def __init__(self, coord: Coordinator, store: Store, job: JobSpec, lease: Lease, ttl: float, log: Callable):
         self.coord, self.store, self.job, self.lease, self.ttl, self.log = coord, store, job, lease, ttl, log
         self.lost = False
+        self.unconfirmed = False  # the broker was away too long: stop, requeue
+        self.patience = 5 * ttl
         self._renewed = time.monotonic()
         self._lock = threading.Lock()
         self.fenced = FencedStore(store, self.check)
@@ -81,17 +91,28 @@ class JobLease:
     def check(self) -> None:
         """Raise :class:`LeaseLost` unless the lease is held now (renewing it).
 
-        When the broker cannot be asked, a write may still go ahead while the last renewal is less
-        than half a TTL old: no other worker can have acquired the job before that renewal expires.
+        When the broker cannot be asked, a write still goes ahead while the last renewal is less
+        than half a TTL old (no other worker can have acquired the job before it expires); after
+        that the write waits for the broker, up to ``patience`` seconds, then raises
+        :class:`BrokerUnreachable`: the job stops without writing and is requeued.
         """
-        try:
-            held = self.renew()
-        except LeaseLost:
-            raise
-        except Exception:
-            if self.lost or time.monotonic() - self._renewed > self.ttl / 2:
-                raise
-            held = True
+        if self.unconfirmed:
+            raise BrokerUnreachable(f"{self.job.job_id}: the broker could not confirm the lease")
+        deadline = time.monotonic() + self.patience
+        while True:
+            try:
+                held = self.renew()
+                break
+            except Exception as exc:
+                if time.monotonic() - self._renewed < self.ttl / 2:
+                    return
+                if time.monotonic() > deadline:
+                    self.unconfirmed = True
+                    raise BrokerUnreachable(
+                        f"{self.job.job_id}: the lease could not be renewed for {self.patience:.0f}s "
+                        f"({type(exc).__name__}: {exc}); stopping without writing, to be requeued"
+                    ) from None
+                time.sleep(min(2.0, self.ttl / 6))
         if not held:
             raise LeaseLost(f"{self.job.job_id}: this worker lost the job's lease to another worker")
 
@@ -120,7 +141,7 @@ class Monitor:
 
     def __exit__(self, *exc):
         self._stop.set()
-        if not self.lease.lost:
+        if not (self.lease.lost or self.lease.unconfirmed):
             try:
                 self.write({"state": "ended"})
             except LeaseLost:

@@ -32,6 +32,7 @@ from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
 from jobs.errors import (
+    BrokerUnreachable,
     ConfigError,
     CxrStudyError,
     DamagedArtifact,
@@ -54,7 +55,7 @@ from jobs.store.records import (
     write_json,
 )
 from worker.coord import open_coord
-from worker.running import JobLease, Monitor, fence_token
+from worker.running import JobLease, Monitor, take_lease
 
 # The worker's parent process imports this module: it must not import torch, so ``jobs.train`` and
 # ``jobs.aggregate`` are imported inside the tasks, in the pool's child.
@@ -98,13 +99,17 @@ def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> boo
     states = [run_state(store, j, stale_after) for j in study_jobs(doc)]
     if not all(s.ended for s in states) or report_covers(store, study_id, states):
         return False
-    ending = json.dumps(sorted((s.job.job_id, s.state) for s in states))
-    digest = hashlib.sha256(ending.encode()).hexdigest()[:16]
-    if coord.claim(f"aggregate:{study_id}:{digest}", ttl=AGGREGATE_CLAIM_TTL):
+    if coord.claim(aggregate_claim(study_id, states), ttl=AGGREGATE_CLAIM_TTL):
         enqueue_aggregate(app, study_id)
         _log(f"{study_id}: every run has ended; aggregate enqueued")
         return True
     return False
+
+
+def aggregate_claim(study_id: str, states) -> str:
+    """The fan-in's claim key for one ending of a study: its runs' end states, digested."""
+    ending = json.dumps(sorted((s.job.job_id, s.state) for s in states))
+    return f"aggregate:{study_id}:{hashlib.sha256(ending.encode()).hexdigest()[:16]}"
 
 
 def enqueue_aggregate(app, study_id: str) -> None:
@@ -192,35 +197,91 @@ def train_task(self, study_id: str, job_id: str) -> None:
             _log(f"{job_id}: already {state.state}; nothing to do")
             return
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        floor = fence_token(store, job) or 0
-        lease = coord.acquire(job_id, owner, settings.lease_ttl, floor=floor)
-        if lease is None:
+        held = take_lease(coord, store, job, owner, settings.lease_ttl, _log)
+        if held is None:
             _log(f"{job_id}: running on {coord.holder(job_id) or 'another worker'} (lease held); this copy is dropped")
             return
-        held = JobLease(coord, store, job, lease, settings.lease_ttl, _log)
         try:
             _train(self, settings, held)
+        except BrokerUnreachable as exc:
+            _log(str(exc))
+            raise Reject("the broker could not confirm the lease; requeued", requeue=True) from None
         except LeaseLost:
             _log(f"{job_id}: stopped: another worker holds the job; nothing was written after the loss")
         finally:
-            held.release()
+            _quietly(held.release, f"{job_id}: releasing the lease")
     finally:
-        maybe_aggregate(self.app, store, coord, study_id, settings.stale_after)
+        _quietly(lambda: maybe_aggregate(self.app, store, coord, study_id, settings.stale_after), "the fan-in")
+
+
+def _quietly(fn, what: str) -> None:
+    """Run ``fn``; log, do not raise, when it fails (the broker or the store is away): the task's
+    own outcome, a requeue or a recorded error, must not be replaced by this one."""
+    try:
+        fn()
+    except Exception as exc:
+        _log(f"{what} failed ({type(exc).__name__}: {exc})")
 
 
 def _train(task, settings, held: JobLease) -> None:
     """One attempt under a held lease. Every write goes through ``held.fenced``, so a worker that
-    lost the lease raises :class:`LeaseLost` at its next write instead of writing."""
+    lost the lease raises :class:`LeaseLost` at its next write instead of writing. Whatever fails
+    after the attempt is counted is recorded (final for errors of the user's making, or past
+    ``max_attempts``) and otherwise requeued: a job is never dropped by an error."""
     coord, job, store = held.coord, held.job, held.fenced
+    attempt = coord.attempts(job.job_id, 1)
+    try:
+        result, monitor = _attempt(task, settings, held, attempt)
+    except LeaseLost:
+        raise
+    except Exception as exc:
+        final = attempt >= settings.max_attempts or isinstance(exc, FINAL_ERRORS)
+        _log(f"{job.job_id}: attempt {attempt} failed: {type(exc).__name__}: {exc}")
+        try:
+            write_error(
+                store,
+                job,
+                f"{type(exc).__name__}: {exc}",
+                final=final,
+                attempts=attempt,
+                max_attempts=settings.max_attempts,
+                traceback=traceback.format_exc(),
+                worker=held.lease.owner,
+            )
+        except LeaseLost:
+            raise
+        except Exception as unrecorded:  # the store is away too: the next attempt records it
+            _log(f"{job.job_id}: the failure could not be recorded ({type(unrecorded).__name__}); requeued")
+            final = False
+        if not final:
+            held.release()
+            raise Reject(f"attempt {attempt} failed", requeue=True) from None
+        return
+    if result is not None or monitor is None:
+        return
+    if held.lost:
+        raise LeaseLost(job.job_id)
+    if monitor.reason == "cancel":
+        write_cancelled(store, job)
+        _log(f"{job.job_id}: cancelled")
+    elif monitor.reason == "sigterm":
+        coord.attempts(job.job_id, -1)  # an eviction is not a failure
+        held.release()
+        raise Reject("SIGTERM: checkpointed; requeued", requeue=True)
+
+
+def _attempt(task, settings, held: JobLease, attempt: int):
+    """Record the token, look again, train. Returns (result or None, the monitor or None when no
+    training started)."""
+    job, store = held.job, held.fenced
     held.begin()
     if run_state(store, job, stale_after=0).ended:  # it ended between the first look and the lease
         _log(f"{job.job_id}: ended while this copy waited; nothing to do")
-        return
+        return None, None
     if store.exists(layout.cancel_key(job.study_id)):
         write_cancelled(store, job)
         _log(f"{job.job_id}: study cancelled; not started")
-        return
-    attempt = coord.attempts(job.job_id, 1)
+        return None, None
     if attempt > settings.max_attempts:
         last = read_json(store, job.keys.error) or {}
         write_error(
@@ -234,44 +295,13 @@ def _train(task, settings, held: JobLease) -> None:
             worker=last.get("worker"),
         )
         _log(f"{job.job_id}: failed after {attempt - 1} attempts; recorded as failed")
-        return
-    owner = held.lease.owner
-    _log(f"{job.job_id}: attempt {attempt}/{settings.max_attempts} on {owner} (fencing token {held.lease.token})")
-    try:
-        with Monitor(settings, coord, held, task.request.id, _log) as monitor:
-            from jobs import train  # torch: only in the child process, under the heartbeat
+        return None, None
+    lease = held.lease
+    _log(f"{job.job_id}: attempt {attempt}/{settings.max_attempts} on {lease.owner} (fencing token {lease.token})")
+    with Monitor(settings, held.coord, held, task.request.id, _log) as monitor:
+        from jobs import train  # torch: only in the child process, under the heartbeat
 
-            result = train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch)
-    except LeaseLost:
-        raise
-    except Exception as exc:
-        final = attempt >= settings.max_attempts or isinstance(exc, FINAL_ERRORS)
-        write_error(
-            store,
-            job,
-            f"{type(exc).__name__}: {exc}",
-            final=final,
-            attempts=attempt,
-            max_attempts=settings.max_attempts,
-            traceback=traceback.format_exc(),
-            worker=owner,
-        )
-        _log(f"{job.job_id}: attempt {attempt} failed: {type(exc).__name__}: {exc}")
-        if not final:
-            held.release()
-            raise Reject(f"attempt {attempt} failed", requeue=True) from None
-        return
-    if result is not None:
-        return
-    if held.lost:
-        raise LeaseLost(job.job_id)
-    if monitor.reason == "cancel":
-        write_cancelled(store, job)
-        _log(f"{job.job_id}: cancelled")
-    elif monitor.reason == "sigterm":
-        coord.attempts(job.job_id, -1)  # an eviction is not a failure
-        held.release()
-        raise Reject("SIGTERM: checkpointed; requeued", requeue=True)
+        return train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch), monitor
 
 
 @worker_shutting_down.connect

@@ -9,6 +9,7 @@ into one, so grayscale films use ImageNet features without tripling the input.
 from __future__ import annotations
 
 import io
+import pickle
 
 import timm
 import torch
@@ -24,14 +25,27 @@ GRAY_MEAN, GRAY_STD = 0.449, 0.226
 
 
 def _load_state_dict(weights: str, store: Store | None) -> dict:
+    """The state dict at ``weights``. A missing object or one that is not a state dict is the user's
+    to fix (a ConfigError: the run fails at once, no retry); a store that cannot be reached is not."""
     if weights.startswith("store:"):
         if store is None:
             raise ConfigError(f"weights {weights!r} need a store")
-        data = store.get_bytes(layout.weights_key(weights))  # refuses store:../.. (checked at submit too)
+        source, key = store, layout.weights_key(weights)  # refuses store:../.. (checked at submit too)
     else:
         head, _, key = weights.rpartition("/")
-        data = open_store(head).get_bytes(key)
-    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        source = open_store(head)
+    if not source.exists(key):
+        raise ConfigError(
+            f"training.weights {weights!r}: {source.url(key)} does not exist; upload the state dict there "
+            "or fix training.weights"
+        )
+    try:
+        state = torch.load(io.BytesIO(source.get_bytes(key)), map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as exc:
+        raise ConfigError(
+            f"training.weights {weights!r}: {source.url(key)} is not a torch state dict "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); save one with torch.save(model.state_dict())"
+        ) from None
     return state.get("model", state) if isinstance(state, dict) else state
 
 

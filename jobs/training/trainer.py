@@ -20,7 +20,6 @@ The job's entry is :mod:`jobs.train` (``python -m jobs.train --job job.json --st
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -39,7 +38,7 @@ from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_cla
 from jobs.scoring.predictions import predictions_csv
 from jobs.spec.runs import JobSpec
 from jobs.store import Store
-from jobs.store.records import write_result
+from jobs.store.records import read_json, write_result
 from jobs.training import checkpoints
 from jobs.training.checkpoints import RunProgress
 from jobs.training.losses import create_loss
@@ -89,9 +88,9 @@ def run(
         on_epoch: receives each finished epoch's metrics.jsonl record.
         on_step: receives the position after every step; its answer can stop the run (see ``StepHook``).
     """
-    if store.exists(job.keys.result):
+    if (done := read_json(store, job.keys.result)) is not None:  # a damaged one raises, naming it
         log(f"{job.job_id}: result.json exists; skipped")
-        return json.loads(store.get_text(job.keys.result))
+        return done
     trainer = Trainer(job, store, device or pick_device(), log)
     trainer.start_or_resume()
     started = time.monotonic()

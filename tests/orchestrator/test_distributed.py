@@ -30,15 +30,38 @@ def ended(tmp_path):
     return store, jobs, settings, tmp_path
 
 
-def test_wait_enqueues_a_lost_aggregate_then_says_no_worker_takes_it(ended):
+def queued(tmp) -> list[str]:
+    return [json.loads(m.read_text())["headers"]["task"] for m in (tmp / "broker" / "queue").glob("*.cpu.msg")]
+
+
+def test_wait_enqueues_a_lost_aggregate_once_then_asks_whether_a_worker_serves_the_cpu_queue(ended):
     store, _, settings, tmp = ended
     lines = []
-    with pytest.raises(CxrStudyError, match=r"aggregate job waits in the cpu queue and no worker takes it"):
-        distributed.wait("st-1", settings, log=lines.append, poll=0.05, compact=True, aggregate_grace=0.3)
-    assert "study st-1: every run ended 0s ago and no report followed; enqueueing it" in lines
-    queued = list((tmp / "broker" / "queue").glob("*.msg"))
-    assert len(queued) == 1 and queued[0].name.endswith(".cpu.msg")
-    assert json.loads(queued[0].read_text())["headers"]["task"] == "cxrstudy.aggregate"
+    with pytest.raises(CxrStudyError, match=r"study st-1: no report after 2s"):
+        distributed.wait("st-1", settings, log=lines.append, poll=0.05, timeout=2, compact=True, aggregate_grace=0.3)
+    assert lines.count("study st-1: every run has ended and no report followed; the aggregate job is enqueued") == 1
+    assert queued(tmp) == ["cxrstudy.aggregate"]  # once: later tries find the claim it took
+    warnings = [line for line in lines if "is a worker serving it?" in line]
+    assert warnings == [
+        "study st-1: every run has ended; the report waits on the cpu queue (1 jobs in it): is a worker serving it? "
+        "(`cxrstudy worker --queues cpu`, or the chart's cpu workers)"
+    ]
+
+
+def test_wait_enqueues_nothing_while_a_workers_claim_on_the_ending_stands(ended):
+    from worker.coord import open_coord
+    from worker.tasks import aggregate_claim
+
+    store, jobs, settings, tmp = ended
+    coord = open_coord(settings.broker_url, store.uri)
+    _, states = distributed.study_states(store, "st-1", 60)
+    assert coord.claim(aggregate_claim("st-1", states), ttl=60)  # a worker enqueued it (its job is running)
+    with pytest.raises(CxrStudyError, match="no report after"):
+        distributed.wait("st-1", settings, log=lambda m: None, poll=0.05, timeout=1, aggregate_grace=0.2)
+    assert queued(tmp) == []
+    # resume drops the claim of the ending it runs again
+    assert distributed.resume("st-1", settings) == "study st-1: every run has a result; the aggregate job is enqueued"
+    assert coord.claim(aggregate_claim("st-1", states), ttl=60)
 
 
 def test_wait_ends_with_the_aggregate_jobs_error_and_status_shows_it(ended):

@@ -81,7 +81,9 @@ def test_attempts_and_claims(coord):
     assert coord.claim("aggregate:s:1", ttl=0.5) and not coord.claim("aggregate:s:1", ttl=0.5)
     assert coord.claim("aggregate:s:2", ttl=0.5)
     time.sleep(0.7)
-    assert coord.claim("aggregate:s:1", ttl=0.5)  # a claim lapses: its job may have been lost
+    assert coord.claim("aggregate:s:1", ttl=5)  # a claim lapses: its job may have been lost
+    coord.unclaim("aggregate:s:1")  # resume runs that ending again
+    assert coord.claim("aggregate:s:1", ttl=5) and not coord.claim("aggregate:s:1", ttl=5)
 
 
 def test_broker_urls():

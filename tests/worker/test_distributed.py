@@ -127,7 +127,7 @@ def test_cancel_stops_the_running_run_within_an_epoch_and_queued_runs_never_star
     assert "3 of 3 runs have no test result" in report and report.count("| cancelled |") == 3
 
 
-def test_a_job_that_always_fails_is_retried_then_recorded_and_the_study_still_reports(cluster, synthetic):
+def test_a_missing_weights_file_fails_its_run_at_once_with_the_fix_and_the_study_still_reports(cluster, synthetic):
     cluster.start_worker("a")
     runs = "test_resnet: [1]\ntest_efficientnet:\n  seeds: [1]\n  training: {weights: 'store:models/absent.pt'}\n"
     sid = cluster.submit(cluster.study(synthetic, runs, epochs=1))
@@ -135,13 +135,14 @@ def test_a_job_that_always_fails_is_retried_then_recorded_and_the_study_still_re
     store = cluster.store()
     good, bad = jobs_of(store, sid)
     error = json.loads(store.get_text(bad.keys.error))
-    assert error["final"] and error["attempts"] == 2 and "absent.pt" in error["error"]
-    assert [e["event"] for e in lease_events(cluster, bad.job_id)] == ["acquire", "release"] * 2
+    assert error["final"] and error["attempts"] == 1 and "absent.pt does not exist" in error["error"]
+    assert "upload the state dict there or fix training.weights" in error["error"]
+    assert [e["event"] for e in lease_events(cluster, bad.job_id)] == ["acquire", "release"]  # no retry
     assert store.exists(good.keys.result)
     report = store.get_text(f"studies/{sid}/report/report.md")
     assert "1 of 2 runs have no test result" in report and f"`{bad.job_id}`" in report
     status = cluster.cli("status", sid)
-    assert "failed (2 attempts)" in status.stdout and "absent.pt" in status.stdout
+    assert "failed (1 attempt)" in status.stdout and "absent.pt" in status.stdout
 
 
 def test_sigterm_checkpoints_inside_the_epoch_requeues_and_exits_within_the_grace(cluster, synthetic):

@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from jobs.errors import LeaseLost
+from jobs.errors import BrokerUnreachable, LeaseLost
 from jobs.spec.study import expand, parse_study
 from jobs.store import LocalStore
 from jobs.store.records import write_result
 from worker.coord import HELD, FileCoord
-from worker.running import JobLease
+from worker.running import JobLease, take_lease
 
 
 @pytest.fixture
@@ -25,10 +25,8 @@ def world(tmp_path):
 
 def take(store, coord, job, owner, ttl=5.0, log=None) -> JobLease:
     """What train_task does: acquire above the store's floor, then record the token first."""
-    floor = json.loads(store.get_text(job.keys.fence))["token"] if store.exists(job.keys.fence) else 0
-    lease = coord.acquire(job.job_id, owner, ttl, floor=floor)
-    assert lease is not None
-    held = JobLease(coord, store, job, lease, ttl, log or (lambda m: None))
+    held = take_lease(coord, store, job, owner, ttl, log or (lambda m: None))
+    assert held is not None
     held.begin()
     return held
 
@@ -104,13 +102,29 @@ class Unreachable(FileCoord):
         raise ConnectionError("the broker is away")
 
 
-def test_while_the_broker_is_away_writes_go_on_only_within_half_a_ttl_of_the_last_renewal(world, tmp_path):
+def test_while_the_broker_is_away_writes_go_on_within_half_a_ttl_then_wait_then_stop_for_a_requeue(world, tmp_path):
     store, _, job = world
     coord = Unreachable(tmp_path / "coord2")
-    lease = coord.acquire(job.job_id, "a", 0.4)
-    held = JobLease(coord, store, job, lease, 0.4, lambda m: None)
+    held = take_lease(coord, store, job, "a", 0.4, lambda m: None)
     held.fenced.put_text(job.keys.progress, "1")  # renewed (at acquisition) moments ago
     time.sleep(0.3)
-    with pytest.raises(ConnectionError):
+    started = time.monotonic()
+    with pytest.raises(BrokerUnreachable, match=r"could not be renewed for 2s \(ConnectionError: the broker is away\)"):
         held.fenced.put_text(job.keys.progress, "2")
+    assert time.monotonic() - started >= 1.9  # it waited for the broker (5 TTLs) before giving up
     assert store.get_text(job.keys.progress) == "1"
+    with pytest.raises(BrokerUnreachable):  # and stays stopped, without waiting again
+        held.check()
+
+
+def test_a_damaged_fence_record_never_matches_a_holder(world):
+    store, coord, job = world
+    a = take(store, coord, job, "a", ttl=0.3)
+    store.put_text(job.keys.fence, "{not json")
+    for sub in ("lease", "fence"):
+        for path in (coord.root / sub).glob("*"):
+            path.unlink()
+    with pytest.raises(LeaseLost):
+        a.check()  # the store cannot vouch for a: it does not take the job back
+    b = take(store, coord, job, "b")
+    assert b.lease.token == 1 and coord.holder(job.job_id) == "b"

@@ -78,3 +78,13 @@ def test_store_weights_outside_the_store_are_refused(tmp_path, key):
         StoreError, match=rf"^training\.weights 'store:{re.escape(key)}': the key (has a '\.\.' segment|is absolute)"
     ):
         create_model("test_resnet", weights=f"store:{key}", store=store)
+
+
+def test_missing_or_unreadable_weights_are_the_users_to_fix(tmp_path):
+    """A ConfigError, so the worker fails the run on its first attempt with the fix in error.json."""
+    store = LocalStore(tmp_path)
+    with pytest.raises(ConfigError, match=r"^training\.weights .store:models/absent\.pt.: .*absent\.pt does not "):
+        create_model("test_resnet", weights="store:models/absent.pt", store=store)
+    store.put_bytes("models/garbage.pt", b"not a checkpoint at all")
+    with pytest.raises(ConfigError, match=r"is not a torch state dict \(.*\); save one with torch\.save"):
+        create_model("test_resnet", weights="store:models/garbage.pt", store=store)
