@@ -21,6 +21,10 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _attempts(n) -> str:
+    return f" ({n} attempt{'s' if n != 1 else ''})" if n else ""
+
+
 def _elapsed(detail: dict) -> str:
     started, end = _number(detail.get("started")), _number(detail.get("updated", time.time()))
     if not started or end is None:
@@ -87,7 +91,7 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
         [
             r["architecture"],
             str(r["seed"]),
-            r["state"] + (f" ({r['attempts']} attempt{'s' if r['attempts'] != 1 else ''})" if r.get("attempts") else ""),
+            r["state"] + _attempts(r.get("attempts")),
             r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
             "" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}",
             r["worker"] if r["state"] == "running" else "",
