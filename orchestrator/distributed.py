@@ -23,7 +23,9 @@ from jobs.store import Store, layout, open_store
 from jobs.store.records import (
     SUCCEEDED,
     RunState,
+    clear_aggregate_error,
     clear_ending,
+    read_aggregate_error,
     read_study,
     report_covers,
     run_state,
@@ -32,7 +34,7 @@ from jobs.store.records import (
     study_states,
     utc_timestamp,
 )
-from orchestrator.status import aggregate_error, format_status, report_state, rows_of, status_rows  # noqa: F401
+from orchestrator.status import format_status, report_state, rows_of  # noqa: F401
 from orchestrator.submission import register
 from worker.app import make_app
 from worker.coord import open_coord
@@ -114,7 +116,7 @@ class FanInWatch:
         if not all(s.ended for s in states):
             self.ended_at = self.tried_at = None
             return
-        error = aggregate_error(self.store, sid)
+        error = read_aggregate_error(self.store, sid)
         if error is not None:
             raise CxrStudyError(
                 f"study {sid}: every run has ended but the aggregate job failed ({error}); "
@@ -207,9 +209,9 @@ def resume(sid: str, settings: Settings) -> str:
     damaged result.json is removed)."""
     store, coord = connect(settings)
     doc = read_study(store, sid)
-    for key in (layout.cancel_key(sid), layout.aggregate_error_key(sid)):
-        if store.exists(key):
-            store.delete(key)
+    if store.exists(layout.cancel_key(sid)):
+        store.delete(layout.cancel_key(sid))
+    clear_aggregate_error(store, sid)
     app = make_app(settings)
     if not manifest_exists(store, doc["data_prefix"]):
         app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import time
 
-from jobs.errors import DamagedArtifact
 from jobs.store import Store, layout
-from jobs.store.records import RunState, missing_fields, read_json, report_covers, study_states
+from jobs.store.records import RunState, missing_fields, read_aggregate_error, report_covers
 
 # What a row shows of a succeeded run's result.json (the trainer writes these and more).
 STATUS_FIELDS = ("epochs_run", "val.avg_auroc", "test.avg_auroc")
@@ -31,11 +30,6 @@ def _elapsed(detail: dict) -> str:
         return ""
     s = int(end - started)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def status_rows(store: Store, sid: str, stale_after: float) -> tuple[dict, list[dict]]:
-    doc, states = study_states(store, sid, stale_after)
-    return doc, rows_of(states)
 
 
 def _result_row(s: RunState, epochs: int) -> dict:
@@ -111,22 +105,12 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
     return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])
 
 
-def aggregate_error(store: Store, sid: str) -> str | None:
-    """Why the study's last aggregate job failed (None: it did not), from ``aggregate_error.json``."""
-    key = layout.aggregate_error_key(sid)
-    try:
-        record = read_json(store, key, "it is removed when the aggregate job runs again")
-    except DamagedArtifact as exc:
-        return str(exc)
-    return None if record is None else str(record.get("error", f"no reason recorded in {store.url(key)}"))
-
-
 def report_state(store: Store, sid: str, states: list[RunState]) -> tuple[str, str]:
     """The report's state, ready (it covers every run's end state), failed, stale or none, and a
     phrase for the status line."""
     if report_covers(store, sid, states):
         return "ready", "report ready"
-    error = aggregate_error(store, sid)
+    error = read_aggregate_error(store, sid)
     if error is not None:
         return "failed", f"the aggregate job failed: {error} (`cxrstudy resume {sid}` runs it again)"
     if store.exists(layout.report_markdown_key(sid)):

@@ -44,15 +44,15 @@ from jobs.errors import (
 from jobs.store import layout, open_store
 from jobs.store.records import (
     TERMINAL,
+    clear_aggregate_error,
     read_json,
     read_study,
     report_covers,
     run_state,
     study_jobs,
-    utc_timestamp,
+    write_aggregate_error,
     write_cancelled,
     write_error,
-    write_json,
 )
 from worker.coord import open_coord
 from worker.running import JobLease, Monitor, take_lease
@@ -173,13 +173,11 @@ def aggregate_task(self, study_id: str) -> None:
     from jobs import aggregate
 
     _, store, _ = _context()
-    error_key = layout.aggregate_error_key(study_id)
-    if store.exists(error_key):
-        store.delete(error_key)
+    clear_aggregate_error(store, study_id)
     try:
         aggregate.run(study_id, store, log=_log)
     except Exception as exc:  # `wait` and `status` show it; `resume` runs the aggregate again
-        write_json(store, error_key, {"error": f"{type(exc).__name__}: {exc}", "at": utc_timestamp()})
+        write_aggregate_error(store, study_id, f"{type(exc).__name__}: {exc}")
         raise
 
 

@@ -95,7 +95,7 @@ def _sha256(store: Store, key: str) -> str:
 
 def damaged_shards(store: Store, prefix: str, manifest: dict, threads: int = 4) -> list[tuple[str, int, dict]]:
     """``(split, index, entry)`` of every shard whose size or sha256 differs from the manifest (or is absent)."""
-    sizes = {o.key: o.size for o in store.list(f"{prefix}/shards/")}
+    sizes = {o.key: o.size for o in store.list(layout.shards_prefix(prefix))}
     entries = [(split, i, e) for split in SPLITS for i, e in enumerate(manifest["splits"][split]["shards"])]
 
     def bad(item: tuple[str, int, dict]) -> bool:

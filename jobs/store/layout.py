@@ -74,8 +74,12 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:06d}.tar"
 
 
+def shards_prefix(data_prefix: str) -> str:
+    return f"{data_prefix}/shards/"
+
+
 def shard_key(data_prefix: str, name: str) -> str:
-    return f"{data_prefix}/shards/{name}"
+    return f"{shards_prefix(data_prefix)}{name}"
 
 
 # --- studies ----------------------------------------------------------------------------------------

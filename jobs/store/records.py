@@ -230,6 +230,27 @@ def write_error(
     write_json(store, job.keys.error, record)
 
 
+# --- aggregate_error.json: why the study's last aggregate job failed -------------------------------
+def write_aggregate_error(store: Store, study_id: str, error: str) -> None:
+    write_json(store, layout.aggregate_error_key(study_id), {"error": error, "at": utc_timestamp()})
+
+
+def read_aggregate_error(store: Store, study_id: str) -> str | None:
+    """Why the study's last aggregate job failed (None: it did not)."""
+    key = layout.aggregate_error_key(study_id)
+    try:
+        record = read_json(store, key, "it is removed when the aggregate job runs again")
+    except DamagedArtifact as exc:
+        return str(exc)
+    return None if record is None else str(record.get("error", f"no reason recorded in {store.url(key)}"))
+
+
+def clear_aggregate_error(store: Store, study_id: str) -> None:
+    """The aggregate job runs again (it starts, or ``resume`` asks for it)."""
+    if store.exists(key := layout.aggregate_error_key(study_id)):
+        store.delete(key)
+
+
 def clear_ending(store: Store, job: JobSpec) -> None:
     """Remove a run's error and cancelled files (``resume`` runs it again), and its result and progress
     files when they are damaged (a result.json that cannot be read is no result); a result is never removed."""
