@@ -22,6 +22,10 @@ class StoreError(CxrStudyError):
     """The object store cannot be reached, or a key is missing."""
 
 
+class NoSuchObject(StoreError):
+    """The key names no object (it was never written, or was removed)."""
+
+
 class ConfigError(CxrStudyError):
     """A setting names something that does not exist (an architecture, a loss, an optimizer)."""
 

@@ -72,10 +72,10 @@ def not_succeeded(store, sid: str, states: list, total: int) -> int:
 def _ended_badly(settings, sid: str) -> int:
     """:func:`not_succeeded` for a study on the workers, from its runs' states in the store."""
     from jobs.store import open_store
-    from jobs.store.records import study_states
+    from jobs.store.records import study_snapshot, study_states
 
     store = open_store(settings.store)
-    _, states = study_states(store, sid, settings.stale_after)
+    _, states = study_states(study_snapshot(store, sid), sid, settings.stale_after)
     return not_succeeded(store, sid, [s for s in states if s.state != "succeeded"], len(states))
 
 

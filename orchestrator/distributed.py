@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from jobs.data.manifest import manifest_exists
 from jobs.errors import CxrStudyError, DamagedArtifact, StoreError
 from jobs.spec.study import Study
 from jobs.store import Store, layout, open_store
@@ -31,14 +30,28 @@ from jobs.store.records import (
     run_state,
     study_ids,
     study_jobs,
+    study_snapshot,
     study_states,
     utc_timestamp,
 )
-from orchestrator.status import format_status, report_state, rows_of  # noqa: F401
+from jobs.store.snapshot import Snapshot
+from orchestrator.status import cache_file, render_status, report_state, rows_of
 from orchestrator.submission import register
-from worker.app import make_app
 from worker.coord import open_coord
 from worker.settings import Settings
+
+
+def make_app(settings: Settings):
+    """The Celery app, to send tasks: imported here, as ``status`` and ``wait`` never send one."""
+    from worker.app import make_app as app_of
+
+    return app_of(settings)
+
+
+def manifest_exists(store: Store, data_prefix: str) -> bool:
+    from jobs.data.manifest import manifest_exists as exists  # numpy: only for submit and resume
+
+    return exists(store, data_prefix)
 
 
 def connect(settings: Settings) -> tuple[Store, object]:
@@ -77,22 +90,19 @@ def submit(study: Study, settings: Settings, log: Callable[[str], None] = print)
 
 
 def status(sid: str, settings: Settings, as_json: bool = False) -> str:
+    """The study's status: one listing of its folder, reads only of records that changed since the
+    last ``status`` on this machine (:func:`orchestrator.status.cache_file`)."""
     store, coord = connect(settings)
-    doc, states = study_states(store, sid, settings.stale_after)
-    rows = rows_of(states)
-    report, phrase = report_state(store, sid, states)
-    depths = coord.queue_depths()
-    if as_json:
-        record = {"study_id": sid, "name": doc["spec"]["name"], "runs": rows, "queues": depths}
-        record["report"] = report == "ready"
-        return json.dumps({**record, "report_note": phrase}, indent=2)
-    return format_status(sid, rows, depths, phrase)
+    view = study_snapshot(store, sid, cache_file(store, sid))
+    doc, states = study_states(view, sid, settings.stale_after)
+    return render_status(view, sid, doc, states, coord.queue_depths(), as_json)
 
 
 def report_ready(store: Store, sid: str, stale_after: float) -> bool:
     """The report exists and was written after every run ended."""
-    _, states = study_states(store, sid, stale_after)
-    return report_covers(store, sid, states)
+    view = study_snapshot(store, sid)
+    _, states = study_states(view, sid, stale_after)
+    return report_covers(view, sid, states)
 
 
 class FanInWatch:
@@ -111,12 +121,13 @@ class FanInWatch:
         self.tried_at: float | None = None
         self.warned = False
 
-    def check(self, states: list[RunState]) -> None:
+    def check(self, states: list[RunState], view: Store) -> None:
+        """``states`` and ``view``: this poll's look at the study (:func:`study_snapshot`)."""
         sid = self.sid
         if not all(s.ended for s in states):
             self.ended_at = self.tried_at = None
             return
-        error = read_aggregate_error(self.store, sid)
+        error = read_aggregate_error(view, sid)
         if error is not None:
             raise CxrStudyError(
                 f"study {sid}: every run has ended but the aggregate job failed ({error}); "
@@ -156,9 +167,11 @@ def wait(
     stale = settings.stale_after
     fan_in = FanInWatch(settings, store, coord, sid, aggregate_grace, log)
     started, last_view, last_rows = time.monotonic(), None, {}
-    while True:
-        _, states = study_states(store, sid, stale)
-        ready = report_covers(store, sid, states)
+    view = Snapshot(store, layout.study_folder(sid), cache_file(store, sid))
+    while True:  # each poll: one listing of the study's folder, reads only of the records that changed
+        view.refresh()
+        doc, states = study_states(view, sid, stale)
+        ready = report_covers(view, sid, states)
         if compact:
             for r in rows_of(states):
                 key = (r["state"], r["epoch"])
@@ -168,13 +181,13 @@ def wait(
                     epoch = f" epoch {r['epoch']}" if r["epoch"] else ""
                     log(f"{sid}: {r['architecture']} seed {r['seed']}: {r['state']}{epoch}{auroc}")
         else:
-            view = status(sid, settings)
-            if view != last_view:
-                log(view)
-                last_view = view
+            text = render_status(view, sid, doc, states, coord.queue_depths(), False)
+            if text != last_view:
+                log(text)
+                last_view = text
         if ready:
             return
-        fan_in.check(states)
+        fan_in.check(states, view)
         if timeout and time.monotonic() - started > timeout:
             raise CxrStudyError(f"study {sid}: no report after {timeout:.0f}s; `cxrstudy status {sid}` shows why")
         time.sleep(poll)
@@ -246,7 +259,8 @@ def list_studies(settings: Settings) -> str:
     lines = []
     for sid in ids:
         try:
-            doc, states = study_states(store, sid, settings.stale_after)
+            view = study_snapshot(store, sid, cache_file(store, sid))
+            doc, states = study_states(view, sid, settings.stale_after)
         except DamagedArtifact as exc:  # one damaged study.json hides no other study
             lines.append(f"{sid}  [damaged] {exc}")
             continue
@@ -254,7 +268,7 @@ def list_studies(settings: Settings) -> str:
         for s in states:
             counts[s.state] = counts.get(s.state, 0) + 1
         report = {"ready": "report", "stale": "report (out of date)", "failed": "report failed"}.get(
-            report_state(store, sid, states)[0], ""
+            report_state(view, sid, states)[0], ""
         )
         lines.append(
             f"{sid}  {doc['submitted']}  {', '.join(f'{n} {k}' for k, n in counts.items())}  {report}".rstrip()

@@ -7,9 +7,13 @@ naming the file, so one bad file never hides the other runs.
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 
 from jobs.store import Store, layout
+from jobs.store.backends import LocalStore
 from jobs.store.records import RunState, missing_fields, read_aggregate_error, report_covers
 
 # What a row shows of a succeeded run's result.json (the trainer writes these and more).
@@ -20,8 +24,12 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _attempts(n) -> str:
-    return f" ({n} attempt{'s' if n != 1 else ''})" if n else ""
+def _attempts(n, retry_at=None) -> str:
+    """`` (2 attempts)``, and while a retry waits out its backoff `` (1 attempt, next in 14 s)``."""
+    parts = [f"{n} attempt{'s' if n != 1 else ''}"] if n else []
+    if (due := _number(retry_at)) is not None and due > time.time():
+        parts.append(f"next in {due - time.time():.0f} s")
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def _elapsed(detail: dict) -> str:
@@ -72,6 +80,7 @@ def rows_of(states: list[RunState]) -> list[dict]:
         if s.state in ("failed", "retrying"):
             row["error"] = str(d.get("error", ""))
             row["attempts"] = d.get("attempts")
+            row["retry_at"] = d.get("retry_at") if s.state == "retrying" else None
         if d.get("warning"):
             row["error"] = "; ".join(filter(None, [row.get("error"), d["warning"]]))
         rows.append(row)
@@ -85,7 +94,7 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
         [
             r["architecture"],
             str(r["seed"]),
-            r["state"] + _attempts(r.get("attempts")),
+            r["state"] + _attempts(r.get("attempts"), r.get("retry_at")),
             r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
             "" if r["val_auroc"] is None else f"{r['val_auroc']:.4f}",
             r["worker"] if r["state"] == "running" else "",
@@ -116,3 +125,28 @@ def report_state(store: Store, sid: str, states: list[RunState]) -> tuple[str, s
     if store.exists(layout.report_markdown_key(sid)):
         return "stale", "the report is out of date (it predates the runs' current states)"
     return "none", ""
+
+
+def render_status(store: Store, sid: str, doc: dict, states: list[RunState], depths: dict | None, as_json: bool) -> str:
+    """``cxrstudy status``'s output (the table, or JSON) from the states already read."""
+    rows = rows_of(states)
+    report, phrase = report_state(store, sid, states)
+    if as_json:
+        record = {"study_id": sid, "name": doc["spec"]["name"], "runs": rows, "queues": depths}
+        record["report"] = report == "ready"
+        return json.dumps({**record, "report_note": phrase}, indent=2)
+    return format_status(sid, rows, depths, phrase)
+
+
+def cache_file(store: Store, sid: str) -> Path | None:
+    """Where the client keeps its copies of a study's records between commands (see
+    :class:`jobs.store.snapshot.Snapshot`): ``$CXRSTUDY_CACHE_DIR``, else ``$XDG_CACHE_HOME/cxrstudy``
+    or ``~/.cache/cxrstudy``; none for a local store, whose reads cost what the copy would."""
+    if isinstance(store, LocalStore):
+        return None
+    from worker.coord import scope_of
+
+    base = os.environ.get("CXRSTUDY_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cxrstudy"
+    )
+    return Path(base) / scope_of(store.uri) / f"{sid}.json"

@@ -3,6 +3,7 @@
 ``cxrstudy.prepare(study_id)``  (cpu) shards the dataset, then enqueues the study's train jobs
 ``cxrstudy.train(study_id, job_id)``  (gpu) one run, under a lease; the last run to end fans in
 ``cxrstudy.aggregate(study_id)``  (cpu) the report; idempotent
+``cxrstudy.ping(sent)``  (any) logs its delay from enqueue to start: a probe of the queue
 
 A train job's life: skip if it already has a terminal file; take the lease and its fencing token
 (a copy of a job that another worker holds is dropped) and record the token in the store; stop
@@ -19,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
+import time
 import traceback
 import uuid
 
@@ -45,11 +48,13 @@ from jobs.store import layout, open_store
 from jobs.store.records import (
     TERMINAL,
     clear_aggregate_error,
+    may_have_ended,
     read_json,
     read_study,
     report_covers,
     run_state,
     study_jobs,
+    study_snapshot,
     write_aggregate_error,
     write_cancelled,
     write_error,
@@ -95,9 +100,13 @@ def maybe_aggregate(app, store, coord, study_id: str, stale_after: float) -> boo
     their report), and to a digest of the end states (``resume`` re-ran failed runs: the new ending
     aggregates again). It lapses after an hour, should its job have been lost.
     """
-    doc = read_study(store, study_id)
-    states = [run_state(store, j, stale_after) for j in study_jobs(doc)]
-    if not all(s.ended for s in states) or report_covers(store, study_id, states):
+    view = study_snapshot(store, study_id, prefetch=False)  # one listing ...
+    jobs = study_jobs(read_study(view, study_id))
+    if not all(may_have_ended(view, j) for j in jobs):  # ... rules out most calls: a run has no end file
+        return False
+    view.prefetch()
+    states = [run_state(view, j, stale_after) for j in jobs]
+    if not all(s.ended for s in states) or report_covers(view, study_id, states):
         return False
     if coord.claim(aggregate_claim(study_id, states), ttl=AGGREGATE_CLAIM_TTL):
         enqueue_aggregate(app, study_id)
@@ -168,6 +177,13 @@ def prepare_task(self, study_id: str) -> None:
     _log(f"{study_id}: shards ready; {len(pending)} train jobs enqueued")
 
 
+@shared_task(name="cxrstudy.ping")
+def ping_task(sent: float) -> None:
+    """A probe of the queue: logs how long after ``sent`` (the sender's ``time.time()``) it started.
+    ``bench/cluster_bench.py`` measures the delay from enqueue to start with it."""
+    _log(f"ping: started {(time.time() - sent) * 1000:.1f} ms after it was sent")
+
+
 @shared_task(name="cxrstudy.aggregate", bind=True)
 def aggregate_task(self, study_id: str) -> None:
     from jobs import aggregate
@@ -234,6 +250,7 @@ def _train(task, settings, held: JobLease) -> None:
         raise
     except Exception as exc:
         final = attempt >= settings.max_attempts or isinstance(exc, FINAL_ERRORS)
+        delay = settings.retry_delay(attempt, random.random())
         _log(f"{job.job_id}: attempt {attempt} failed: {type(exc).__name__}: {exc}")
         try:
             write_error(
@@ -245,15 +262,17 @@ def _train(task, settings, held: JobLease) -> None:
                 max_attempts=settings.max_attempts,
                 traceback=traceback.format_exc(),
                 worker=held.lease.owner,
+                retry_at=None if final else time.time() + delay,
             )
         except LeaseLost:
             raise
         except Exception as unrecorded:  # the store is away too: the next attempt records it
-            _log(f"{job.job_id}: the failure could not be recorded ({type(unrecorded).__name__}); requeued")
+            _log(f"{job.job_id}: the failure could not be recorded ({type(unrecorded).__name__})")
             final = False
         if not final:
             held.release()
-            raise Reject(f"attempt {attempt} failed", requeue=True) from None
+            _log(f"{job.job_id}: attempt {attempt + 1} in {delay:.1f} s (backoff)")
+            raise task.retry(countdown=delay, max_retries=None) from None
         return
     if result is not None or monitor is None:
         return

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import types
 import typing
@@ -79,13 +80,24 @@ def _shorthand(cls, data):
     return data
 
 
+@functools.cache
+def _hints(cls) -> dict:
+    """The resolved field types of dataclass ``cls`` (resolving them is slow: ``status`` builds a
+    JobSpec per run per poll)."""
+    return typing.get_type_hints(cls)
+
+
+@functools.cache
+def _names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 def build(cls, data, path: str, base=None):
     """An instance of dataclass ``cls`` from a mapping, on top of ``base`` (or the defaults)."""
     data = _shorthand(cls, {} if data is None else data)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must be a mapping (got {data!r})")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    hints, names = _hints(cls), list(_names(cls))
     for key in data:
         if key not in names:
             raise unknown_key(path, key, names)

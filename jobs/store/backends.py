@@ -5,8 +5,8 @@ One small interface, two backends:
 - :class:`LocalStore` over a directory (the embedded default, and a dataset folder on disk);
 - :class:`S3Store` over ``s3://bucket/prefix`` through boto3. Endpoint, region and credentials come
   from the standard AWS variables (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for a non-AWS
-  server, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID`` ...); a custom endpoint switches to path-style
-  addressing, which MinIO, SeaweedFS and Ceph expect.
+  server, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID``, ``AWS_MAX_ATTEMPTS`` ...); a custom endpoint
+  switches to path-style addressing, which MinIO, SeaweedFS and Ceph expect.
 
 Keys are ``/``-separated and relative to the store's root, and never leave it: both backends refuse
 an absolute key, or one with ``..``, ``.`` or empty segments (:func:`jobs.store.layout.key_problem`),
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from jobs.errors import StoreError
+from jobs.errors import NoSuchObject, StoreError
 from jobs.store.layout import key_problem
 
 
@@ -32,6 +32,7 @@ from jobs.store.layout import key_problem
 class ObjectInfo:
     key: str
     size: int
+    version: str = ""  # changes whenever the object does: an S3 ETag, a local file's mtime and size
 
 
 class Store:
@@ -102,7 +103,7 @@ class LocalStore(Store):
         try:
             return open(self.path(key), "rb")
         except FileNotFoundError:
-            raise StoreError(f"{self.url(key)} does not exist") from None
+            raise NoSuchObject(f"{self.url(key)} does not exist") from None
 
     def _write(self, key: str, writer) -> None:
         target = self.path(key)
@@ -145,7 +146,11 @@ class LocalStore(Store):
                 full = os.path.join(dirpath, name)
                 key = os.path.relpath(full, self.root).replace(os.sep, "/")
                 if key.startswith(prefix):
-                    found.append(ObjectInfo(key, os.path.getsize(full)))
+                    try:
+                        st = os.stat(full)
+                    except FileNotFoundError:  # removed while listing
+                        continue
+                    found.append(ObjectInfo(key, st.st_size, f"{st.st_mtime_ns}-{st.st_size}-{st.st_ino}"))
         yield from sorted(found, key=lambda o: o.key)
 
     def delete(self, key: str) -> None:
@@ -158,9 +163,14 @@ def s3_client():
     from botocore.config import Config
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    attempts = os.environ.get("AWS_MAX_ATTEMPTS") or "5"
+    if not attempts.isdigit() or int(attempts) < 1:
+        raise StoreError(f"AWS_MAX_ATTEMPTS={attempts!r}: must be a whole number, at least 1 (attempts per S3 request)")
     config = Config(
         s3={"addressing_style": "path" if endpoint else "auto"},
-        retries={"max_attempts": 5, "mode": "standard"},
+        # boto3's standard mode: 5xx, throttling and timeouts are retried with backoff, per request;
+        # what still fails fails the job's attempt, which its worker retries later (worker.settings).
+        retries={"max_attempts": int(attempts), "mode": "standard"},
         connect_timeout=10,
         read_timeout=120,
     )
@@ -202,7 +212,7 @@ class S3Store(Store):
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("NoSuchKey", "404", "NotFound"):
-                raise StoreError(f"{self.url(key)} does not exist") from None
+                raise NoSuchObject(f"{self.url(key)} does not exist") from None
             if code == "NoSuchBucket":
                 raise StoreError(
                     f"{what} {self.url(key)}: bucket '{self.bucket}' does not exist; create it first"
@@ -220,10 +230,8 @@ class S3Store(Store):
         try:
             self._call("HEAD", key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
             return True
-        except StoreError as exc:
-            if str(exc).endswith("does not exist"):
-                return False
-            raise
+        except NoSuchObject:
+            return False
 
     def open(self, key: str) -> BinaryIO:
         resp = self._call("GET", key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
@@ -243,7 +251,7 @@ class S3Store(Store):
         pages = self._call("LIST", prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
         for page in pages:
             for obj in page.get("Contents", []):
-                yield ObjectInfo(obj["Key"][strip:], obj["Size"])
+                yield ObjectInfo(obj["Key"][strip:], obj["Size"], str(obj.get("ETag", "")).strip('"'))
 
     def delete(self, key: str) -> None:
         self._call("DELETE", key, self.client.delete_object, Bucket=self.bucket, Key=self._key(key))

@@ -91,6 +91,11 @@ def study_prefix(study_id: str) -> str:
     return f"{STUDIES}/{segment(study_id, 'study id')}"
 
 
+def study_folder(study_id: str) -> str:
+    """Everything of one study (its runs' files too) is under this prefix: one listing shows it all."""
+    return f"{study_prefix(study_id)}/"
+
+
 def study_key(study_id: str) -> str:
     return f"{study_prefix(study_id)}/study.json"
 

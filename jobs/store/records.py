@@ -25,10 +25,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from jobs.errors import CxrStudyError, DamagedArtifact
+from jobs.errors import CxrStudyError, DamagedArtifact, NoSuchObject
 from jobs.spec.runs import JobSpec
 from jobs.store import layout
 from jobs.store.backends import Store
+from jobs.store.snapshot import Snapshot
 
 QUEUED, RUNNING, RETRYING = "queued", "running", "retrying"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -47,7 +48,11 @@ def read_json(store: Store, key: str, fix: str = "restore it from a copy, or del
     if not store.exists(key):
         return None
     try:
-        record = json.loads(store.get_bytes(key).decode("utf-8"))
+        data = store.get_bytes(key)
+    except NoSuchObject:  # removed between the two requests (resume, a re-run's clean-up)
+        return None
+    try:
+        record = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise DamagedArtifact(damaged(store, key, f"not UTF-8 text (bad byte at offset {exc.start})", fix)) from None
     except ValueError as exc:  # json.JSONDecodeError: truncated, or not JSON at all
@@ -177,6 +182,19 @@ def run_state(store: Store, job: JobSpec, stale_after: float = 120.0) -> RunStat
     return RunState(job, QUEUED, {**({"progress": progress} if progress else {}), **note})
 
 
+def may_have_ended(store: Store, job: JobSpec) -> bool:
+    """False when the run surely has not ended: it has none of the files an end state needs. With a
+    :class:`Snapshot` this costs no request, so the fan-in can rule a study out from one listing."""
+    keys = job.keys
+    return any(store.exists(k) for k in (keys.result, keys.cancelled, keys.error))
+
+
+def study_snapshot(store: Store, study_id: str, cache_file=None, prefetch: bool = True) -> Snapshot:
+    """A :class:`Snapshot` of the study's folder, listed (and with ``prefetch``, its records read):
+    what ``status``, ``wait`` and the fan-in read the study through, one listing per look."""
+    return Snapshot(store, layout.study_folder(study_id), cache_file).refresh(prefetch)
+
+
 def study_states(store: Store, study_id: str, stale_after: float = 120.0) -> tuple[dict, list[RunState]]:
     doc = read_study(store, study_id)
     return doc, [run_state(store, j, stale_after) for j in study_jobs(doc)]
@@ -214,8 +232,10 @@ def write_error(
     max_attempts: int | None = None,
     traceback: str | None = None,
     worker: str | None = None,
+    retry_at: float | None = None,
 ) -> None:
-    """``error.json``: the last failure of a run. ``final``: no attempt is left (the run has failed)."""
+    """``error.json``: the last failure of a run. ``final``: no attempt is left (the run has failed);
+    ``retry_at``: when the next attempt is due (the backoff), in seconds since the epoch."""
     record = {
         "status": "failed",
         "final": final,
@@ -227,6 +247,8 @@ def write_error(
         "at": utc_timestamp(),
         "traceback": traceback,
     }
+    if retry_at is not None:
+        record["retry_at"] = round(retry_at, 3)
     write_json(store, job.keys.error, record)
 
 

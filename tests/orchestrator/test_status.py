@@ -8,7 +8,7 @@ import pytest
 
 from jobs.spec.study import expand, parse_study
 from jobs.store import LocalStore, layout
-from jobs.store.records import study_states, write_json, write_study
+from jobs.store.records import study_states, write_error, write_json, write_study
 from orchestrator.status import format_status, report_state, rows_of
 
 RESULT = {"status": "succeeded", "epochs_run": 4, "val": {"avg_auroc": 0.71}, "test": {"avg_auroc": 0.7}}
@@ -78,3 +78,14 @@ def test_a_damaged_aggregate_error_is_the_reason_shown(study):
         f"the aggregate job failed: {store.url(layout.aggregate_error_key('st-1'))} is damaged: not valid JSON ("
     )
     assert phrase.endswith("; it is removed when the aggregate job runs again (`cxrstudy resume st-1` runs it again)")
+
+
+def test_a_retrying_run_says_when_its_next_attempt_is_due(study):
+    store, (a, b) = study
+    write_error(store, a, "StoreError: PUT ...: S3 error 503", final=False, attempts=1, retry_at=time.time() + 41.6)
+    write_error(store, b, "StoreError: S3 error 503", final=False, attempts=2, retry_at=time.time() - 5)
+    lines = table(store)
+    assert lines[0] == "study st-1: 2 runs: 2 retrying"
+    assert lines[2].split()[:6] == ["densenet121", "1", "retrying", "(1", "attempt,", "next"]
+    assert lines[2].split()[6:9] in (["in", "42", "s)"], ["in", "41", "s)"])
+    assert lines[3].split()[:5] == ["densenet121", "2", "retrying", "(2", "attempts)"]  # due: no countdown

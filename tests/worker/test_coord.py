@@ -175,3 +175,22 @@ def test_a_local_broker_on_a_read_only_file_system_or_under_a_file_is_one_line(t
         f"broker URL '{url}': its folder {tmp_path / 'broker'} is not writable (Read-only file system); "
         "use local:///path with a folder you can write to (fix --broker / CXRSTUDY_BROKER_URL)"
     )
+
+
+def test_retries_back_off_exponentially_with_jitter_under_the_visibility_timeout():
+    s = Settings(broker_url="redis://h/0", retry_backoff=10, retry_backoff_max=600, visibility_timeout=300)
+    assert [s.retry_delay(n, 0.0) for n in (1, 2, 3, 4)] == [5, 10, 20, 40]  # the least: half of each step
+    assert [s.retry_delay(n, 0.999) for n in (1, 2, 3)] == pytest.approx([9.995, 19.99, 39.98])
+    # every wait is at least the longest one before it: waits grow whatever the jitter
+    assert s.retry_delay(2, 0.0) >= s.retry_delay(1, 0.999) and s.retry_delay(3, 0.0) >= s.retry_delay(2, 0.999)
+    # past the cap: 0.9 x the visibility timeout on Redis (a retry waits unacknowledged in its worker)
+    assert s.retry_delay(9, 1.0) == 270 and s.retry_delay(9, 0.0) == 135
+    assert Settings(broker_url="local:///q", retry_backoff=10, retry_backoff_max=600).retry_delay(9, 1.0) == 600
+
+
+def test_backoff_settings_come_from_the_environment_and_must_be_positive(monkeypatch):
+    monkeypatch.setenv("CXRSTUDY_RETRY_BACKOFF", "2.5")
+    assert Settings.from_env().retry_backoff == 2.5
+    monkeypatch.setenv("CXRSTUDY_RETRY_BACKOFF_MAX", "0")
+    with pytest.raises(ConfigError, match="CXRSTUDY_RETRY_BACKOFF_MAX: must be positive"):
+        Settings.from_env()
