@@ -170,7 +170,7 @@ def s3_client():
         s3={"addressing_style": "path" if endpoint else "auto"},
         # boto3's standard mode: 5xx, throttling and timeouts are retried with backoff, per request;
         # what still fails fails the job's attempt, which its worker retries later (worker.settings).
-        retries={"max_attempts": int(attempts), "mode": "standard"},
+        retries={"total_max_attempts": int(attempts), "mode": "standard"},  # the first try included
         connect_timeout=10,
         read_timeout=120,
     )

@@ -68,6 +68,7 @@ class Cluster:
             "CXRSTUDY_RESTORE_INTERVAL": "1",
             "CXRSTUDY_LEASE_TTL": "3",
             "CXRSTUDY_MAX_ATTEMPTS": "2",
+            "CXRSTUDY_RETRY_BACKOFF": "1",
             "CXRSTUDY_SIGTERM_GRACE": "20",
             "CXRSTUDY_PROGRESS_INTERVAL": "0.5",
             "PYTHONPATH": str(ROOT),

@@ -240,3 +240,38 @@ def test_a_rerun_into_a_fresh_store_reports_and_a_worker_resumed_after_losing_it
     for j in jobs_of(store, sid):
         assert json.loads(store.get_text(j.keys.result))["test"] == clean_results[j.job_id]["test"], j.job_id
     assert clean.exists(f"studies/{sid}/report/report.md") and store.exists(f"studies/{sid}/report/report.md")
+
+
+def test_an_upload_refused_twice_with_503_succeeds_on_the_third_attempt_after_waits_that_grow(cluster, synthetic):
+    import re
+
+    from tests.worker.s3_faults import FaultyS3
+
+    server = cluster.env["AWS_ENDPOINT_URL_S3"]
+    proxy = FaultyS3(server, suffix="/result.json", times=2)
+    try:
+        cluster.env.update(
+            AWS_ENDPOINT_URL_S3=proxy.url,
+            AWS_MAX_ATTEMPTS="1",  # boto3 gives up at once: each refusal fails the job's attempt
+            CXRSTUDY_MAX_ATTEMPTS="3",
+            CXRSTUDY_RETRY_BACKOFF="1",
+        )
+        cluster.start_worker("a")
+        sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1]\n", epochs=1))
+        cluster.wait_for(lambda: cluster.report_done(sid), what="the report")
+    finally:
+        proxy.close()
+        cluster.env["AWS_ENDPOINT_URL_S3"] = server
+    store = cluster.store()
+    (job,) = jobs_of(store, sid)
+    assert [status for _, status in proxy.puts] == [503, 503, 200]
+    assert json.loads(store.get_text(job.keys.result))["status"] == "succeeded"
+    assert epochs_logged(store, job) == [1]  # the retries resumed from the checkpoint: no epoch twice
+    waits = [float(w) for w in re.findall(r"attempt \d in ([0-9.]+) s \(backoff\)", cluster.log("a"))]
+    assert len(waits) == 2 and 0.5 <= waits[0] <= 1.0 <= waits[1] <= 2.0 and waits[1] > waits[0]
+    events = lease_events(cluster, job.job_id)
+    assert [e["event"] for e in events] == ["acquire", "release"] * 3
+    assert [e["token"] for e in events if e["event"] == "acquire"] == [1, 2, 3]
+    gaps = [events[i + 1]["t"] - events[i]["t"] for i in (1, 3)]  # from a release to the next acquire
+    assert gaps[0] >= waits[0] - 0.05 and gaps[1] >= waits[1] - 0.05, (gaps, waits)
+    assert cluster.status(sid)["runs"][0]["state"] == "succeeded"
