@@ -276,6 +276,9 @@ def list_studies(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+CPU_TASKS_PER_CHILD = 50
+
+
 def worker_command(queues: str, name: str | None = None, loglevel: str = "INFO") -> list[str]:
     cmd = [
         sys.executable,
@@ -290,6 +293,10 @@ def worker_command(queues: str, name: str | None = None, loglevel: str = "INFO")
         "1",
         "--prefetch-multiplier",
         "1",
+        # A GPU job gets a fresh child (CUDA initialised there, its memory returned at exit); CPU tasks
+        # (a prepare's shards, aggregates) reuse theirs: a new child costs seconds per task.
+        "--max-tasks-per-child",
+        "1" if "gpu" in queues.split(",") else str(CPU_TASKS_PER_CHILD),
         "-O",
         "fair",
         "--without-gossip",

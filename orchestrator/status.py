@@ -109,6 +109,8 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
         counts[r["state"]] = counts.get(r["state"], 0) + 1
     summary = ", ".join(f"{n} {state}" for state, n in counts.items())
     queue = f"; queues: gpu {depths['gpu']}, cpu {depths['cpu']}" if depths else ""
+    if depths and "running" in depths:  # held leases: the jobs KEDA counts with the queued ones
+        queue += f", running {depths['running']}"
     done = f"; {report}" if report else ""
     errors = [f"  {r['architecture']} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
     return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])

@@ -10,7 +10,9 @@ Every setting below is there because its default loses or duplicates GPU work:
   Live jobs bump their message's delivery time with the lease heartbeat (``worker.coord``), so a
   job longer than the timeout is never redelivered while it runs.
 - ``worker_max_tasks_per_child=1``: each job runs in a fresh child process; CUDA is initialised
-  there and never in the parent, and GPU memory is returned when the job ends.
+  there and never in the parent, and GPU memory is returned when the job ends. A worker serving
+  only the cpu queue is started with 50 tasks per child instead (``worker_command``): a new child
+  costs seconds, and a prepare fans out into a task per shard.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from kombu import Queue
 from worker.coord import local_folder
 from worker.settings import Settings
 
-TASK_QUEUES = {"cxrstudy.prepare": "cpu", "cxrstudy.train": "gpu", "cxrstudy.aggregate": "cpu"}
+TASK_QUEUES = {
+    "cxrstudy.prepare": "cpu",
+    "cxrstudy.prepare_shard": "cpu",
+    "cxrstudy.train": "gpu",
+    "cxrstudy.aggregate": "cpu",
+}
 
 
 def broker_config(settings: Settings) -> tuple[str, dict]:

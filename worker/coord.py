@@ -19,6 +19,14 @@ its token, or the counter is gone too (Redis was flushed) and the store's ``fenc
 names its token. A worker paused past its TTL (SIGSTOP, a partitioned node) therefore never takes
 back a job that another worker acquired, finished or released; every store write of a running job
 renews the lease first (:class:`jobs.store.fencing.FencedStore`), so its writes stop there.
+
+Running jobs. Redis also keeps the list ``cxrstudy.running`` (:data:`RUNNING`) with one entry per
+held lease, ``<lease key>|<owner>``: acquire and retake append it, release removes it, and a sweep
+(every heartbeat and every :meth:`Coordinator.queue_depths`) drops the entries whose lease is gone
+or held by someone else, as a worker killed without a release leaves them. It is not scoped: like
+the Celery queue lists ``gpu`` and ``cpu`` it is one per Redis database, so KEDA, whose redis
+scaler reads only list lengths, can scale the GPU workers on queued + running jobs and never remove
+a worker with a job in hand because the queue is empty.
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from jobs.errors import ConfigError
 
 PREFIX = "cxrstudy:"
 QUEUES = ("gpu", "cpu")
+# The list of running jobs, one per Redis database like the queues: the chart's KEDA trigger names it.
+RUNNING = "cxrstudy.running"
 
 
 def scope_of(store_uri: str) -> str:
@@ -93,6 +103,11 @@ class Coordinator:
         raise NotImplementedError
 
     def queue_depths(self) -> dict[str, int]:
+        """Jobs waiting in each queue and jobs running (held leases), across every store on the broker."""
+        raise NotImplementedError
+
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs whose lease is held in this scope, sorted."""
         raise NotImplementedError
 
     def extend_visibility(self, task_id: str) -> None:
@@ -106,31 +121,68 @@ class RedisCoord(Coordinator):
     # job's message where it is, so the timeout can be short enough to recover dead workers fast.
     UNACKED, UNACKED_INDEX = "unacked", "unacked_index"
 
-    # KEYS: lease, fence counter. ARGV: owner, ttl ms, token or floor.
-    _ACQUIRE = """
+    # Drops the entries of the running list (KEYS[1] of _SWEEP) whose lease (the key before the last
+    # '|') is gone or has another owner (the text after it); returns the list's length. The lease keys
+    # are read from the list, not passed as KEYS: fine on one Redis server, not on a Redis Cluster.
+    _SWEEP_FN = """
+    local function sweep(list)
+      for _, e in ipairs(redis.call('LRANGE', list, 0, -1)) do
+        local i = string.find(e, '|[^|]*$')
+        if not i or redis.call('GET', string.sub(e, 1, i - 1)) ~= string.sub(e, i + 1) then
+          redis.call('LREM', list, 0, e)
+        end
+      end
+      return redis.call('LLEN', list)
+    end
+    """
+    _SWEEP = _SWEEP_FN + "return sweep(KEYS[1])"
+    # KEYS: lease, fence counter, running list. ARGV: owner, ttl ms, token or floor, running entry.
+    # Sweeps too: a job redelivered after its worker died drops that worker's entry here.
+    _ACQUIRE = (
+        _SWEEP_FN
+        + """
+    sweep(KEYS[3])
     if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
     local f = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(ARGV[3])) + 1
     redis.call('SET', KEYS[2], f, 'EX', 1209600)
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    redis.call('LREM', KEYS[3], 0, ARGV[4])
+    redis.call('RPUSH', KEYS[3], ARGV[4])
     return f
     """
-    _RENEW = """
+    )
+    # Sweeps first (this entry goes when the lease is lost or vanished; a retake puts it back), and a
+    # held lease puts its entry back should the list have lost it.
+    _RENEW = (
+        _SWEEP_FN
+        + """
+    sweep(KEYS[3])
     local v = redis.call('GET', KEYS[1])
-    if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 'held' end
+    if v == ARGV[1] then
+      redis.call('PEXPIRE', KEYS[1], ARGV[2])
+      redis.call('LREM', KEYS[3], 0, ARGV[4])
+      redis.call('RPUSH', KEYS[3], ARGV[4])
+      return 'held'
+    end
     if v then return 'lost' end
     local f = redis.call('GET', KEYS[2])
     if f and tonumber(f) ~= tonumber(ARGV[3]) then return 'lost' end
     return 'vanished'
     """
+    )
     _RETAKE = """
     if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
     local f = redis.call('GET', KEYS[2])
     if f and tonumber(f) ~= tonumber(ARGV[3]) then return 0 end
     redis.call('SET', KEYS[2], ARGV[3], 'EX', 1209600)
     redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    redis.call('LREM', KEYS[3], 0, ARGV[4])
+    redis.call('RPUSH', KEYS[3], ARGV[4])
     return 1
     """
+    # KEYS: lease, running list. ARGV: owner, running entry.
     _RELEASE = """
+    redis.call('LREM', KEYS[2], 0, ARGV[2])
     if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
     return 0
     """
@@ -167,26 +219,36 @@ class RedisCoord(Coordinator):
         self.r.expire(key, 14 * 86400)
 
     def _keys(self, job_id: str) -> list[str]:
-        return [f"{self.prefix}lease:{job_id}", f"{self.prefix}fence:{job_id}"]
+        """The lease key, the fencing counter and the running list, the KEYS of the lease scripts."""
+        return [f"{self.prefix}lease:{job_id}", f"{self.prefix}fence:{job_id}", RUNNING]
+
+    def _entry(self, job_id: str, owner: str) -> str:
+        """The running list's entry of one acquisition: the lease key and its owner."""
+        return f"{self.prefix}lease:{job_id}|{owner}"
 
     def acquire(self, job_id, owner, ttl, floor=0):
-        token = int(self.r.eval(self._ACQUIRE, 2, *self._keys(job_id), owner, int(ttl * 1000), int(floor)))
+        args = (owner, int(ttl * 1000), int(floor), self._entry(job_id, owner))
+        token = int(self.r.eval(self._ACQUIRE, 3, *self._keys(job_id), *args))
         if not token:
             return None
         self._log(job_id, owner, "acquire", token)
         return Lease(job_id, owner, token)
 
+    def _lease_args(self, lease: Lease, ttl: float) -> tuple:
+        return (lease.owner, int(ttl * 1000), lease.token, self._entry(lease.job_id, lease.owner))
+
     def renew(self, lease, ttl):
-        return self.r.eval(self._RENEW, 2, *self._keys(lease.job_id), lease.owner, int(ttl * 1000), lease.token)
+        return self.r.eval(self._RENEW, 3, *self._keys(lease.job_id), *self._lease_args(lease, ttl))
 
     def retake(self, lease, ttl):
-        got = self.r.eval(self._RETAKE, 2, *self._keys(lease.job_id), lease.owner, int(ttl * 1000), lease.token)
+        got = self.r.eval(self._RETAKE, 3, *self._keys(lease.job_id), *self._lease_args(lease, ttl))
         if got:
             self._log(lease.job_id, lease.owner, "reacquire", lease.token)
         return bool(got)
 
     def release(self, lease):
-        if self.r.eval(self._RELEASE, 1, f"{self.prefix}lease:{lease.job_id}", lease.owner):
+        keys = (f"{self.prefix}lease:{lease.job_id}", RUNNING)
+        if self.r.eval(self._RELEASE, 2, *keys, lease.owner, self._entry(lease.job_id, lease.owner)):
             self._log(lease.job_id, lease.owner, "release", lease.token)
 
     def holder(self, job_id):
@@ -208,7 +270,13 @@ class RedisCoord(Coordinator):
         self.r.delete(f"{self.prefix}claim:{key}")
 
     def queue_depths(self):
-        return {q: int(self.r.llen(q)) for q in QUEUES}
+        return {**{q: int(self.r.llen(q)) for q in QUEUES}, "running": int(self.r.eval(self._SWEEP, 1, RUNNING))}
+
+    def running_jobs(self):
+        self.r.eval(self._SWEEP, 1, RUNNING)
+        start = f"{self.prefix}lease:"
+        entries = (e.rpartition("|")[0] for e in self.r.lrange(RUNNING, 0, -1))
+        return sorted({e.removeprefix(start) for e in entries if e.startswith(start)})
 
     def extend_visibility(self, task_id):
         tag = self._tags.get(task_id)
@@ -258,6 +326,21 @@ class FileCoord(Coordinator):
     def _lease(self, job_id):
         lease = self._read(f"lease/{job_id}")
         return lease if lease and lease["expires"] > time.time() else None
+
+    @staticmethod
+    def _held(folder: Path) -> list[str]:
+        """The jobs with an unexpired lease in ``folder`` (a scope's ``lease`` folder)."""
+        held, now = [], time.time()
+        for path in folder.glob("*") if folder.is_dir() else []:
+            if path.name.endswith(".tmp"):
+                continue
+            try:
+                lease = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(lease, dict) and isinstance(lease.get("expires"), int | float) and lease["expires"] > now:
+                held.append(path.name)
+        return sorted(held)
 
     def _log(self, job_id, owner, event, token):
         log = self._read(f"lease-log/{job_id}") or []
@@ -332,7 +415,14 @@ class FileCoord(Coordinator):
     def queue_depths(self):
         queue = self.base.parent / "queue"
         files = [p.name for p in queue.glob("*.msg")] if queue.is_dir() else []
-        return {q: sum(1 for f in files if f.endswith(f".{q}.msg")) for q in QUEUES}
+        depths = {q: sum(1 for f in files if f.endswith(f".{q}.msg")) for q in QUEUES}
+        # Every scope's leases, as Redis's running list counts every store's: the unscoped folder's
+        # and those of the scopes in it (<broker>/coord/<scope>/lease).
+        scopes = [self.base, *(p for p in self.base.iterdir() if p.is_dir())] if self.base.is_dir() else []
+        return {**depths, "running": sum(len(self._held(s / "lease")) for s in scopes)}
+
+    def running_jobs(self):
+        return self._held(self.root / "lease")
 
 
 def _safe(url: str) -> str:

@@ -1,6 +1,8 @@
 """The Celery tasks: thin shells over ``jobs`` with small JSON arguments (ids, never pickles).
 
-``cxrstudy.prepare(study_id)``  (cpu) shards the dataset, then enqueues the study's train jobs
+``cxrstudy.prepare(study_id)``  (cpu) plans the dataset's shards and enqueues one task per shard
+``cxrstudy.prepare_shard(study_id, shard)``  (cpu) one shard; the last writes the manifest and
+    enqueues the study's train jobs
 ``cxrstudy.train(study_id, job_id)``  (gpu) one run, under a lease; the last run to end fans in
 ``cxrstudy.aggregate(study_id)``  (cpu) the report; idempotent
 ``cxrstudy.ping(sent)``  (any) logs its delay from enqueue to start: a probe of the queue
@@ -156,25 +158,101 @@ def _run_prepare(spec: dict, store_uri: str) -> str:
 
 @shared_task(name="cxrstudy.prepare", bind=True)
 def prepare_task(self, study_id: str) -> None:
+    """Plan the study's dataset and fan its shards out over the cpu queue (:mod:`jobs.data.fanout`);
+    a dataset prepared before is checked against its manifest (damaged shards rebuilt) instead."""
     settings, store, coord = _context()
     doc = read_study(store, study_id)
+    spec, prefix = doc["spec"], doc["data_prefix"]
     try:
-        prefix = _run_prepare(doc["spec"], settings.store)
-        if prefix != doc["data_prefix"]:
-            raise CxrStudyError(
-                f"the dataset changed between submit and prepare ({doc['data_prefix']} -> {prefix}); "
-                "submit the study again"
-            )
+        if store.exists(layout.manifest_key(prefix)):
+            _same_dataset(doc, _run_prepare(spec, settings.store))
+            _enqueue_runs(self.app, store, study_id, doc)
+            return
+        from jobs.data import fanout
+        from jobs.data.manifest import plan
+        from jobs.spec.configs import PrepConfig
+        from jobs.spec.schema import build
+
+        config = build(PrepConfig, spec["preprocessing"], "preprocessing")
+        dataset, planned = plan(spec["dataset"]["location"], config, spec["dataset"]["id"], _log)
+        _same_dataset(doc, planned)
+        names = fanout.write_plan(store, spec["dataset"]["location"], dataset, config, prefix)
+        done = fanout.done_shards(store, prefix)
     except Exception as exc:  # every run depends on the shards: record the failure on each, report it
-        for job in study_jobs(doc):
-            if not store.exists(job.keys.result):
-                write_error(store, job, f"{type(exc).__name__}: {exc}", final=True, stage="prepare")
-        _log(f"{study_id}: prepare failed: {exc}")
-        maybe_aggregate(self.app, store, coord, study_id, settings.stale_after)
+        _prepare_failed(self.app, settings, store, coord, doc, exc)
         return
+    pending = [name for name in names if name not in done]
+    for name in pending:
+        self.app.send_task("cxrstudy.prepare_shard", kwargs={"study_id": study_id, "shard": name}, queue="cpu")
+    _log(f"{study_id}: prepare planned {len(names)} shards of {prefix}; {len(pending)} enqueued on the cpu queue")
+    if not pending:
+        _prepare_fan_in(self.app, store, coord, doc)
+
+
+@shared_task(name="cxrstudy.prepare_shard", bind=True)
+def prepare_shard_task(self, study_id: str, shard: str) -> None:
+    """One shard of a fanned-out prepare; the task that writes the last one writes the manifest and
+    enqueues the study's runs. Idempotent: a shard already written with its digest is skipped."""
+    from jobs.data import fanout
+
+    settings, store, coord = _context()
+    doc = read_study(store, study_id)
+    prefix = doc["data_prefix"]
+    started = time.monotonic()
+    try:
+        fanout.build_planned_shard(store, prefix, shard, os.cpu_count() or 1, _log)
+        index = fanout.read_plan(store, prefix)
+        done = fanout.done_shards(store, prefix) & set(index["shards"])
+    except Exception as exc:
+        attempt = coord.attempts(f"prepare:{prefix}:{shard}", 1)
+        if isinstance(exc, FINAL_ERRORS) or attempt >= settings.max_attempts:
+            _prepare_failed(self.app, settings, store, coord, doc, exc)
+            return
+        delay = settings.retry_delay(attempt, random.random())
+        _log(f"{study_id}: shard {shard}: attempt {attempt} failed ({type(exc).__name__}: {exc}); next in {delay:.1f}s")
+        raise self.retry(countdown=delay, max_retries=None) from None
+    _log(f"{study_id}: shard {shard} ready in {time.monotonic() - started:.1f} s; {len(done)}/{len(index['shards'])}")
+    if len(done) == len(index["shards"]):
+        _prepare_fan_in(self.app, store, coord, doc, index)
+
+
+PREPARE_CLAIM_TTL = 600.0
+
+
+def _prepare_fan_in(app, store, coord, doc: dict, index: dict | None = None) -> None:
+    """Every shard is written: the manifest (once), then the study's runs (once per study)."""
+    from jobs.data import fanout
+
+    study_id, prefix = doc["study_id"], doc["data_prefix"]
+    if not coord.claim(f"prepare:{study_id}:{prefix}", ttl=PREPARE_CLAIM_TTL):
+        return
+    if not store.exists(layout.manifest_key(prefix)):
+        fanout.finish(store, prefix, index or fanout.read_plan(store, prefix))
+        _log(f"{study_id}: every shard is written; {store.url(layout.manifest_key(prefix))} written")
+    _enqueue_runs(app, store, study_id, doc)
+
+
+def _same_dataset(doc: dict, prefix: str) -> None:
+    if prefix != doc["data_prefix"]:
+        raise CxrStudyError(
+            f"the dataset changed between submit and prepare ({doc['data_prefix']} -> {prefix}); submit the study again"
+        )
+
+
+def _enqueue_runs(app, store, study_id: str, doc: dict) -> None:
     pending = [j.job_id for j in study_jobs(doc) if run_state(store, j).state not in TERMINAL]
-    enqueue_train(self.app, study_id, pending)
+    enqueue_train(app, study_id, pending)
     _log(f"{study_id}: shards ready; {len(pending)} train jobs enqueued")
+
+
+def _prepare_failed(app, settings, store, coord, doc: dict, exc: Exception) -> None:
+    """A prepare that cannot finish fails every run that has no result (the report says why)."""
+    study_id = doc["study_id"]
+    for job in study_jobs(doc):
+        if not store.exists(job.keys.result):
+            write_error(store, job, f"{type(exc).__name__}: {exc}", final=True, stage="prepare")
+    _log(f"{study_id}: prepare failed: {exc}")
+    maybe_aggregate(app, store, coord, study_id, settings.stale_after)
 
 
 @shared_task(name="cxrstudy.ping")

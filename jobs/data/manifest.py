@@ -71,20 +71,35 @@ def shard_entry(name: str, count: int, data: bytes) -> dict:
     return {"name": name, "count": count, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def build_manifest(dataset: NihDataset, config: PrepConfig, prefix: str, shards: dict[str, list[dict]]) -> dict:
-    """The manifest of a prepared dataset whose shards (``{split: [shard_entry]}``) are all written."""
+def dataset_summary(dataset: NihDataset) -> dict:
+    """What a manifest says of the dataset itself (a JSON object): its source, each split's summary,
+    what was listed, missing and unlisted. The fanned-out prepare keeps it in its plan, so the last
+    shard task writes the manifest without reading the dataset again."""
+    return {
+        "source": dataset.source,
+        "metadata_file": dataset.metadata_file,
+        "splits": {split: split_summary(dataset.splits[split]) for split in SPLITS},
+        "listed": dataset.listed,
+        "missing": {**dataset.missing, "total": dataset.missing_total},
+        "unlisted": dataset.unlisted,
+    }
+
+
+def build_manifest(summary: dict, config: PrepConfig, prefix: str, shards: dict[str, list[dict]]) -> dict:
+    """The manifest of a prepared dataset (``summary``: :func:`dataset_summary`) whose shards
+    (``{split: [shard_entry]}``) are all written."""
     return {
         "format": MANIFEST_FORMAT,
         "prefix": prefix,
         "prep_hash": prefix.rsplit("/", 1)[-1],
-        "source": dataset.source,
-        "metadata_file": dataset.metadata_file,
+        "source": summary["source"],
+        "metadata_file": summary["metadata_file"],
         "config": asdict(config),
         "classes": list(CLASSES),
-        "splits": {split: {**split_summary(dataset.splits[split]), "shards": shards[split]} for split in SPLITS},
-        "listed": dataset.listed,
-        "missing": {**dataset.missing, "total": dataset.missing_total},
-        "unlisted": dataset.unlisted,
+        "splits": {split: {**summary["splits"][split], "shards": shards[split]} for split in SPLITS},
+        "listed": summary["listed"],
+        "missing": summary["missing"],
+        "unlisted": summary["unlisted"],
         "created": utc_timestamp(),
     }
 

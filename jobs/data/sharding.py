@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 import cv2
 
 from jobs.data.clahe import decode_gray, preprocess
-from jobs.data.manifest import build_manifest, load_manifest, manifest_exists, plan, shard_entry
+from jobs.data.manifest import build_manifest, dataset_summary, load_manifest, manifest_exists, plan, shard_entry
 from jobs.data.nih import SPLITS, NihDataset, Record
 from jobs.data.shards import build_shard, encode_pixels
 from jobs.errors import CxrStudyError, DamagedArtifact
@@ -41,10 +42,44 @@ def _init_worker(dataset_uri: str, config: PrepConfig) -> None:
     _worker["store"], _worker["config"] = open_store(dataset_uri), config
 
 
-def _process(record: Record) -> bytes:
-    store, cfg = _worker["store"], _worker["config"]
+def process_image(store: Store, cfg: PrepConfig, record: Record) -> bytes:
+    """One image, read from the dataset's store, CLAHE'd, resized and encoded: a shard's payload."""
     gray = decode_gray(store.get_bytes(record.key), store.url(record.key))
     return encode_pixels(preprocess(gray, cfg.image_size, cfg.clip_limit, cfg.tile_grid), cfg.encoding)
+
+
+def _process(record: Record) -> bytes:
+    return process_image(_worker["store"], _worker["config"], record)
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard to write: the ``index``-th of its split, with its records in order."""
+
+    split: str
+    index: int
+    records: list[Record]
+
+    @property
+    def name(self) -> str:
+        return layout.shard_name(self.split, self.index)
+
+
+def plan_shards(dataset: NihDataset, config: PrepConfig) -> list[ShardPlan]:
+    """Every shard of a prepare, in order: each split cut in runs of ``shard_size`` records. Both the
+    single-process prepare and the fanned-out one (:mod:`jobs.data.fanout`) write these."""
+    size = config.shard_size
+    return [
+        ShardPlan(split, start // size, records[start : start + size])
+        for split in SPLITS
+        for records in [dataset.splits[split]]
+        for start in range(0, len(records), size)
+    ]
+
+
+def shard_bytes(records: list[Record], payloads, encoding: str) -> bytes:
+    """The tar of ``records`` with their processed images, taking ``len(records)`` from ``payloads``."""
+    return build_shard([(_meta(r), p) for r, p in zip(records, itertools.islice(payloads, len(records)))], encoding)
 
 
 def _map(dataset_uri: str, config: PrepConfig, records: list[Record], workers: int):
@@ -70,6 +105,12 @@ class _Progress:
         self.total, self.log, self.every_s = total, log, every_s
         self.done = 0
         self.start = self.last = time.monotonic()
+
+    def counted(self, payloads, split: str):
+        """``payloads``, each one counted as it is taken."""
+        for payload in payloads:
+            self.step(split)
+            yield payload
 
     def step(self, split: str) -> None:
         self.done += 1
@@ -110,13 +151,11 @@ def _rebuild(
     dataset_uri: str, store: Store, dataset: NihDataset, config: PrepConfig, prefix: str, damaged: list, workers: int
 ) -> None:
     """Make the ``damaged`` shards again from their records; each must come out as its manifest entry says."""
-    size = config.shard_size
-    parts = [dataset.splits[split][index * size : (index + 1) * size] for split, index, _ in damaged]
+    planned = {p.name: p.records for p in plan_shards(dataset, config)}
+    parts = [planned.get(entry["name"], []) for _, _, entry in damaged]
     payloads = _map(dataset_uri, config, [r for part in parts for r in part], workers)
     for (_, _, entry), records in zip(damaged, parts):
-        data = build_shard(
-            [(_meta(r), p) for r, p in zip(records, itertools.islice(payloads, len(records)))], config.encoding
-        )
+        data = shard_bytes(records, payloads, config.encoding)
         key = layout.shard_key(prefix, entry["name"])
         if shard_entry(entry["name"], len(records), data) != entry:
             raise DamagedArtifact(
@@ -177,20 +216,14 @@ def prepare(
         f"CLAHE clip {config.clip_limit} grid {config.tile_grid})"
     )
     progress = _Progress(total, log)
-    ordered = [(split, r) for split in SPLITS for r in dataset.splits[split]]
+    planned = plan_shards(dataset, config)
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}
-    batch: list[tuple[dict, bytes]] = []
-    payloads = _map(source.uri, config, [r for _, r in ordered], workers)
-    for i, ((split, record), payload) in enumerate(zip(ordered, payloads)):
-        batch.append((_meta(record), payload))
-        progress.step(split)
-        if len(batch) == config.shard_size or i + 1 == len(ordered) or ordered[i + 1][0] != split:
-            name = layout.shard_name(split, len(shards[split]))
-            data = build_shard(batch, config.encoding)
-            store.put_bytes(layout.shard_key(prefix, name), data)
-            shards[split].append(shard_entry(name, len(batch), data))
-            batch = []
-    manifest = build_manifest(dataset, config, prefix, shards)
+    payloads = _map(source.uri, config, [r for p in planned for r in p.records], workers)
+    for p in planned:
+        data = shard_bytes(p.records, progress.counted(payloads, p.split), config.encoding)
+        store.put_bytes(layout.shard_key(prefix, p.name), data)
+        shards[p.split].append(shard_entry(p.name, len(p.records), data))
+    manifest = build_manifest(dataset_summary(dataset), config, prefix, shards)
     write_json(store, layout.manifest_key(prefix), manifest)
     log(f"prepare: wrote {sum(len(s) for s in shards.values())} shards and {store.url(layout.manifest_key(prefix))}")
     return manifest

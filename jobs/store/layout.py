@@ -4,6 +4,9 @@
 
     datasets/<dataset-id>/<prep-hash>/manifest.json
     datasets/<dataset-id>/<prep-hash>/shards/{train,val,test}-NNNNNN.tar
+    datasets/<dataset-id>/<prep-hash>/plan/index.json         a fanned-out prepare's plan (written last)
+    datasets/<dataset-id>/<prep-hash>/plan/<shard>.json       the records of one shard
+    datasets/<dataset-id>/<prep-hash>/plan/<shard>.done.json  its manifest entry, once the shard is written
     studies/<study-id>/study.json                 the spec as submitted and the expanded job list
     studies/<study-id>/cancel.json                a cancel request (removed by resume and submit)
     studies/<study-id>/report_options.json        what `cxrstudy report` asked for
@@ -80,6 +83,29 @@ def shards_prefix(data_prefix: str) -> str:
 
 def shard_key(data_prefix: str, name: str) -> str:
     return f"{shards_prefix(data_prefix)}{name}"
+
+
+def plan_prefix(data_prefix: str) -> str:
+    """A prepare spread over CPU workers (:mod:`jobs.data.fanout`): its plan and each shard's mark."""
+    return f"{data_prefix}/plan/"
+
+
+def plan_index_key(data_prefix: str) -> str:
+    return f"{plan_prefix(data_prefix)}index.json"
+
+
+def plan_shard_key(data_prefix: str, name: str) -> str:
+    return f"{plan_prefix(data_prefix)}{segment(name, 'shard name')}.json"
+
+
+def plan_done_key(data_prefix: str, name: str) -> str:
+    return f"{plan_prefix(data_prefix)}{segment(name, 'shard name')}.done.json"
+
+
+def plan_done_name(key: str) -> str | None:
+    """The shard name of a ``plan/<shard>.done.json`` key; None for any other key."""
+    name = key.rsplit("/", 1)[-1]
+    return name.removesuffix(".done.json") if name.endswith(".done.json") else None
 
 
 # --- studies ----------------------------------------------------------------------------------------

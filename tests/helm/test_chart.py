@@ -30,6 +30,7 @@ SCENARIOS = {
         }
     },
     "keda": {"keda": {"enabled": True, "maxReplicas": 8}},
+    "keda-queue-only": {"keda": {"enabled": True, "countRunning": False}},
     "external-redis": {
         "redis": {"enabled": False},
         "externalRedis": {
@@ -245,15 +246,69 @@ def test_keda_scales_the_gpu_workers_on_their_own_queue(helm, tmp_path):
     assert "replicas" not in gpu["spec"]  # KEDA owns the count; helm upgrades must not reset it
     assert gpu["metadata"]["annotations"]["cxrstudy.io/keda"] == "true"
     queue = gpu["spec"]["template"]["spec"]["containers"][0]["args"][2]
-    (trigger,) = scaled["spec"]["triggers"]
+    trigger, running = scaled["spec"]["triggers"]
     assert trigger["type"] == "redis" and trigger["metadata"]["listName"] == queue == "gpu"
     assert trigger["metadata"]["address"] == "lab-cxrstudy-redis:6379"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (0, 8)
     (auth,) = [d for d in docs if d["kind"] == "TriggerAuthentication"]
-    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert trigger["authenticationRef"]["name"] == running["authenticationRef"]["name"] == auth["metadata"]["name"]
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "password", "name": "lab-cxrstudy-redis", "key": "redis-password"}
     ]
+
+
+def keda_spec(helm, tmp_path, values: dict) -> dict:
+    (scaled,) = [d for d in render(helm, tmp_path, values)[1] if d["kind"] == "ScaledObject"]
+    return scaled["spec"]
+
+
+@pytest.mark.parametrize("scenario", ["keda", "external-redis"])
+def test_keda_scales_on_queued_plus_running_jobs(helm, tmp_path, scenario):
+    from worker.coord import RUNNING
+
+    spec = keda_spec(helm, tmp_path, SCENARIOS[scenario] | {"keda": {"enabled": True, "listLength": 2}})
+    queued, running = spec["triggers"]
+    assert (queued["name"], running["name"]) == ("queued", "running")
+    assert (queued["type"], running["type"]) == ("redis", "redis")
+    assert (queued["metadata"]["listName"], running["metadata"]["listName"]) == ("gpu", "cxrstudy.running")
+    assert running["metadata"]["listName"] == RUNNING  # the list the workers keep
+    assert queued["metadata"]["listLength"] == running["metadata"]["listLength"] == "2"
+    # the same Redis, database, TLS and password for both
+    same = {k: v for k, v in running.items() if k not in ("name", "metadata")}
+    assert same == {k: v for k, v in queued.items() if k not in ("name", "metadata")}
+    assert {k: v for k, v in running["metadata"].items() if k != "listName"} == {
+        k: v for k, v in queued["metadata"].items() if k != "listName"
+    }
+    if scenario == "external-redis":
+        assert running["metadata"] == {
+            "address": "redis.shared.svc:6380",
+            "databaseIndex": "3",
+            "enableTLS": "true",
+            "listName": "cxrstudy.running",
+            "listLength": "2",
+        }
+        assert running["authenticationRef"] == {"name": "lab-cxrstudy-redis"}
+    # the sum of the two, not the larger (what the HPA makes of two metrics)
+    assert spec["advanced"]["scalingModifiers"] == {
+        "formula": "queued + running",
+        "target": "2",
+        "activationTarget": "0",
+        "metricType": "AverageValue",
+    }
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]["policies"] == [
+        {"type": "Pods", "value": 1, "periodSeconds": 60}
+    ]
+
+
+def test_keda_on_the_queue_alone_with_count_running_off(helm, tmp_path):
+    spec = keda_spec(helm, tmp_path, {"keda": {"enabled": True, "countRunning": False}})
+    (trigger,) = spec["triggers"]
+    assert (trigger["name"], trigger["metadata"]["listName"], trigger["metadata"]["listLength"]) == (
+        "queued",
+        "gpu",
+        "1",
+    )
+    assert "scalingModifiers" not in spec["advanced"] and "horizontalPodAutoscalerConfig" in spec["advanced"]
 
 
 def test_redis_is_durable_and_never_evicts(helm, tmp_path):
@@ -294,6 +349,7 @@ def test_rbac_covers_the_cluster_commands_and_no_more(helm, tmp_path):
         ({"store": {"uri": "/data/store"}}, "at '/store/uri'"),
         ({"redis": {"enabled": False}}, "at '/externalRedis/host'"),
         ({"worker": {"sigtermGrace": "long"}}, "at '/worker/sigtermGrace'"),
+        ({"keda": {"countRunning": "yes"}}, "at '/keda/countRunning': got string, want boolean"),
     ],
 )
 def test_bad_values_fail_with_the_schema_message(helm, tmp_path, values, message):

@@ -78,7 +78,7 @@ def test_status_shows_a_run_with_a_damaged_record_as_failed_and_the_other_runs(s
     proc = status(root)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "study alpha-1: 2 runs: 1 failed, 1 succeeded; queues: gpu 0, cpu 0"
+    assert lines[0] == "study alpha-1: 2 runs: 1 failed, 1 succeeded; queues: gpu 0, cpu 0, running 0"
     assert lines[2].split()[:3] == ["densenet121", "1", "failed"]
     assert lines[3].split() == ["densenet121", "2", "succeeded", "3/20", "0.5000"]
     assert lines[4].startswith(
@@ -95,7 +95,7 @@ def test_status_shows_a_damaged_progress_file_on_a_run_that_is_not_ended(sandbox
     proc = status(root)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "study alpha-1: 2 runs: 1 queued, 1 succeeded; queues: gpu 0, cpu 0"
+    assert lines[0] == "study alpha-1: 2 runs: 1 queued, 1 succeeded; queues: gpu 0, cpu 0, running 0"
     assert lines[4].startswith(f"  densenet121 seed 1: {root / STORE / job.keys.progress} is damaged: not valid JSON (")
     assert lines[4].endswith("; the run's next heartbeat writes it again")
 
@@ -108,7 +108,7 @@ def test_status_of_a_result_missing_fields_shows_the_row_and_names_the_file(sand
     proc = status(root)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == "study alpha-1: 2 runs: 2 succeeded; queues: gpu 0, cpu 0"
+    assert lines[0] == "study alpha-1: 2 runs: 2 succeeded; queues: gpu 0, cpu 0, running 0"
     assert lines[2].split() == ["densenet121", "1", "succeeded", "?/20"]
     assert lines[4] == (
         f"  densenet121 seed 1: {job.keys.result} is damaged: it has no 'epochs_run', 'val.avg_auroc'; "

@@ -71,7 +71,7 @@ def test_wait_ends_with_the_aggregate_jobs_error_and_status_shows_it(ended):
         distributed.wait("st-1", settings, log=lambda m: None, poll=0.05, aggregate_grace=10)
     first = distributed.status("st-1", settings).splitlines()[0]
     assert first == (
-        "study st-1: 2 runs: 2 succeeded; queues: gpu 0, cpu 0; the aggregate job failed: KeyError: 'test' "
+        "study st-1: 2 runs: 2 succeeded; queues: gpu 0, cpu 0, running 0; the aggregate job failed: KeyError: 'test' "
         "(`cxrstudy resume st-1` runs it again)"
     )
     assert distributed.resume("st-1", settings) == "study st-1: every run has a result; the aggregate job is enqueued"
@@ -99,7 +99,7 @@ def test_a_damaged_result_shows_as_failed_and_resume_removes_it_and_trains_the_r
     text = store.get_text(a.keys.result)
     store.put_text(a.keys.result, text[: len(text) // 2])
     lines = distributed.status("st-1", settings).splitlines()
-    assert lines[0] == "study st-1: 2 runs: 1 failed, 1 succeeded; queues: gpu 0, cpu 0"
+    assert lines[0] == "study st-1: 2 runs: 1 failed, 1 succeeded; queues: gpu 0, cpu 0, running 0"
     assert lines[-1].startswith(f"  densenet121 seed 1: {store.url(a.keys.result)} is damaged: not valid JSON (")
     assert lines[-1].endswith("; `cxrstudy resume st-1` removes it and runs the run again")
     assert distributed.resume("st-1", settings) == "study st-1: 1 runs enqueued again"

@@ -89,3 +89,19 @@ def test_a_retrying_run_says_when_its_next_attempt_is_due(study):
     assert lines[2].split()[:6] == ["densenet121", "1", "retrying", "(1", "attempt,", "next"]
     assert lines[2].split()[6:9] in (["in", "42", "s)"], ["in", "41", "s)"])
     assert lines[3].split()[:5] == ["densenet121", "2", "retrying", "(2", "attempts)"]  # due: no countdown
+
+
+def test_the_status_line_shows_the_queues_and_the_running_jobs_when_the_broker_counts_them(study):
+    store, _ = study
+    _, states = study_states(store, "st-1")
+    rows = rows_of(states)
+    running = {"gpu": 3, "cpu": 1, "running": 2}
+    assert format_status("st-1", rows, running, "").splitlines()[0] == (
+        "study st-1: 2 runs: 2 queued; queues: gpu 3, cpu 1, running 2"
+    )
+    assert format_status("st-1", rows, {"gpu": 3, "cpu": 1}, "report ready").splitlines()[0] == (
+        "study st-1: 2 runs: 2 queued; queues: gpu 3, cpu 1; report ready"
+    )
+    assert format_status("st-1", rows, {**running, "running": 0}, "").splitlines()[0] == (
+        "study st-1: 2 runs: 2 queued; queues: gpu 3, cpu 1, running 0"
+    )

@@ -116,13 +116,21 @@ class Cluster:
             cwd=ROOT,
         )
 
-    def study(self, dataset: Path, runs: str, epochs: int = 2, name: str = "it", extra: str = "") -> Path:
+    def study(
+        self,
+        dataset: Path,
+        runs: str,
+        epochs: int = 2,
+        name: str = "it",
+        extra: str = "",
+        preprocessing: str = "{image_size: 32, shard_size: 100}",
+    ) -> Path:
         path = self.tmp / f"{name}.yaml"
         path.write_text(
             textwrap.dedent(f"""\
             name: {name}
             dataset: {dataset}
-            preprocessing: {{image_size: 32, shard_size: 100}}
+            preprocessing: {preprocessing}
             training: {{epochs: {epochs}, batch_size: 16, lr: 3.0e-3, warmup_epochs: 0.2, patience: 0{extra}}}
             runs:
             """)

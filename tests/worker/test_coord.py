@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import ConfigError
-from worker.coord import HELD, LOST, VANISHED, FileCoord, Lease, RedisCoord, open_coord
+from worker.coord import HELD, LOST, RUNNING, VANISHED, FileCoord, Lease, RedisCoord, open_coord
 from worker.settings import Settings
 
 
@@ -84,6 +84,87 @@ def test_attempts_and_claims(coord):
     assert coord.claim("aggregate:s:1", ttl=5)  # a claim lapses: its job may have been lost
     coord.unclaim("aggregate:s:1")  # resume runs that ending again
     assert coord.claim("aggregate:s:1", ttl=5) and not coord.claim("aggregate:s:1", ttl=5)
+
+
+def raw_running(coord) -> list[str] | None:
+    """The running list as KEDA reads it (Redis), or None (a local broker has none)."""
+    return coord.r.lrange("cxrstudy.running", 0, -1) if isinstance(coord, RedisCoord) else None
+
+
+def test_held_leases_count_as_running_until_released_or_expired(coord):
+    assert RUNNING == "cxrstudy.running"  # the name the chart's KEDA trigger reads
+    assert coord.queue_depths() == {"gpu": 0, "cpu": 0, "running": 0} and coord.running_jobs() == []
+    a, b = coord.acquire("a", "w1", ttl=5), coord.acquire("b", "w2", ttl=5)
+    assert coord.queue_depths() == {"gpu": 0, "cpu": 0, "running": 2}
+    assert coord.running_jobs() == ["a", "b"]
+    assert coord.acquire("a", "w3", ttl=5) is None and coord.queue_depths()["running"] == 2  # a copy adds none
+    coord.release(Lease("b", "w3", 1))  # not the holder: its entry stays
+    assert coord.queue_depths()["running"] == 2 and coord.running_jobs() == ["a", "b"]
+    coord.release(a)
+    assert coord.queue_depths() == {"gpu": 0, "cpu": 0, "running": 1} and coord.running_jobs() == ["b"]
+    if isinstance(coord, RedisCoord):
+        assert raw_running(coord) == ["cxrstudy:lease:b|w2"]
+    coord.release(b)
+    assert coord.queue_depths()["running"] == 0 and coord.running_jobs() == []
+    coord.acquire("dead", "w4", ttl=0.2)  # its worker is killed: no heartbeat, no release
+    assert coord.queue_depths()["running"] == 1 and coord.running_jobs() == ["dead"]
+    time.sleep(0.4)
+    if isinstance(coord, RedisCoord):
+        assert raw_running(coord) == ["cxrstudy:lease:dead|w4"]  # until a sweep
+    assert coord.queue_depths()["running"] == 0 and coord.running_jobs() == []
+    if isinstance(coord, RedisCoord):
+        assert raw_running(coord) == []
+
+
+def test_a_heartbeat_sweeps_the_entries_of_dead_workers_and_still_says_held_lost_or_vanished(redis_url):
+    coord = RedisCoord(redis_url)
+    coord.r.flushall()
+    live, dead = coord.acquire("live", "w1", ttl=5), coord.acquire("dead", "w2", ttl=0.2)
+    time.sleep(0.4)
+    assert raw_running(coord) == ["cxrstudy:lease:live|w1", "cxrstudy:lease:dead|w2"]
+    assert coord.renew(live, ttl=5) == HELD
+    assert raw_running(coord) == ["cxrstudy:lease:live|w1"]
+    coord.r.delete(RUNNING)  # the list lost (deleted by hand): the next heartbeat of a held lease puts it back
+    assert coord.renew(live, ttl=5) == HELD and raw_running(coord) == ["cxrstudy:lease:live|w1"]
+    assert coord.acquire("dead", "w3", ttl=5).token == 2
+    assert coord.renew(dead, ttl=5) == LOST
+    assert raw_running(coord) == ["cxrstudy:lease:live|w1", "cxrstudy:lease:dead|w3"]
+
+
+def test_a_retake_adds_exactly_one_entry(coord):
+    a = coord.acquire("job", "a", ttl=0.2)
+    time.sleep(0.4)  # the heartbeat came late
+    assert coord.retake(a, ttl=5)  # no sweep ran since: the old entry is still in the list
+    assert coord.queue_depths()["running"] == 1 and coord.running_jobs() == ["job"]
+    if isinstance(coord, RedisCoord):
+        assert raw_running(coord) == ["cxrstudy:lease:job|a"]
+    wipe(coord)  # the broker lost every key, the running list too
+    assert coord.queue_depths()["running"] == 0
+    assert coord.renew(a, ttl=5) == VANISHED and coord.retake(a, ttl=5)
+    assert coord.queue_depths()["running"] == 1 and coord.running_jobs() == ["job"]
+    if isinstance(coord, RedisCoord):
+        assert raw_running(coord) == ["cxrstudy:lease:job|a"]
+    coord.release(a)
+    assert coord.queue_depths()["running"] == 0 and coord.running_jobs() == []
+
+
+@pytest.mark.parametrize("broker", ["redis", "local"])
+def test_the_running_count_covers_every_store_on_the_broker_and_running_jobs_only_its_own(broker, request, tmp_path):
+    """KEDA scales one Deployment on one Redis database: the jobs of every store sharing it count."""
+    url = request.getfixturevalue("redis_url") if broker == "redis" else f"local://{tmp_path / 'broker'}"
+    one, two, cluster = open_coord(url, "s3://bucket/one"), open_coord(url, "s3://bucket/two"), open_coord(url)
+    if broker == "redis":
+        one.r.flushall()
+    assert one.acquire("job", "a", ttl=5) and one.acquire("other", "a2", ttl=5)
+    assert two.acquire("job", "b", ttl=5)
+    for coord in (one, two, cluster):  # `cxrstudy cluster status` opens it without a store
+        assert coord.queue_depths() == {"gpu": 0, "cpu": 0, "running": 3}
+    assert (one.running_jobs(), two.running_jobs(), cluster.running_jobs()) == (["job", "other"], ["job"], [])
+    if broker == "redis":
+        assert one.r.llen("cxrstudy.running") == 3
+    one.release(Lease("job", "a", 1))
+    assert two.queue_depths()["running"] == 2 and two.running_jobs() == ["job"]
+    assert one.running_jobs() == ["other"]
 
 
 def test_broker_urls():

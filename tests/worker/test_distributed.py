@@ -275,3 +275,44 @@ def test_an_upload_refused_twice_with_503_succeeds_on_the_third_attempt_after_wa
     gaps = [events[i + 1]["t"] - events[i]["t"] for i in (1, 3)]  # from a release to the next acquire
     assert gaps[0] >= waits[0] - 0.05 and gaps[1] >= waits[1] - 0.05, (gaps, waits)
     assert cluster.status(sid)["runs"][0]["state"] == "succeeded"
+
+
+def test_prepare_fans_out_over_two_cpu_workers_survives_a_kill_and_matches_the_single_process_prepare(
+    cluster, nih_sample, tmp_path
+):
+    from jobs import prepare
+    from jobs.spec.configs import PrepConfig
+    from jobs.store import LocalStore, layout
+
+    cluster.start_worker("a", queues="cpu")
+    cluster.start_worker("b", queues="cpu")
+    prep = "{image_size: 64, shard_size: 16}"
+    sid = cluster.submit(cluster.study(nih_sample, "test_resnet: [1]\n", epochs=1, preprocessing=prep))
+    store = cluster.store()
+    prefix = json.loads(store.get_text(f"studies/{sid}/study.json"))["data_prefix"]
+
+    def b_busy():  # b has written a shard and holds the message of another, unacknowledged
+        lines = [ln for ln in cluster.log("b").splitlines() if "prepare_shard[" in ln]
+        return any("ready in" in ln for ln in lines) and lines[-1].endswith("received")
+
+    cluster.wait_for(b_busy, timeout=120, what="worker b mid-shard")
+    cluster.kill("b")
+    cluster.wait_for(lambda: store.exists(layout.manifest_key(prefix)), timeout=180, what="the manifest")
+    manifest = json.loads(store.get_text(layout.manifest_key(prefix)))
+    names = [e["name"] for split in ("train", "val", "test") for e in manifest["splits"][split]["shards"]]
+    assert len(names) == len(set(names)) > 4
+    assert sorted(o.key for o in store.list(layout.shards_prefix(prefix))) == sorted(
+        layout.shard_key(prefix, n) for n in names
+    )
+    # the same inputs through the single-process prepare: the same bytes, the same manifest
+    single = LocalStore(tmp_path / "single")
+    config = PrepConfig(image_size=64, shard_size=16)
+    expected = prepare.run(str(nih_sample), single, config, manifest["prefix"].split("/")[1], workers=1, log=print)
+    assert expected["prefix"] == prefix
+    for n in names:
+        assert store.get_bytes(layout.shard_key(prefix, n)) == single.get_bytes(layout.shard_key(prefix, n)), n
+    assert {k: v for k, v in manifest.items() if k != "created"} == {
+        k: v for k, v in expected.items() if k != "created"
+    }
+    assert "shard" in cluster.log("b") and "ready in" in cluster.log("a")
+    assert cluster.wait_for(lambda: cluster.redis.llen("gpu") == 1, timeout=30, what="the run enqueued once")
