@@ -15,6 +15,10 @@
    in a fresh pool child (``worker_max_tasks_per_child=1``), so a worker is idle again once the pool
    has started the next child, a second or two after a job ends.
 
+4. Prepare of the real NIH sample (``../shared/data/nih-sample``, 130 images at 1024 px) into
+   SeaweedFS: fanned out over ``--cpu-workers`` Celery CPU workers (submit to manifest), against
+   the single-process ``cxrstudy prepare`` with as many processes, on the same images and config.
+
 Figures are appended to bench/results.md.
 
     .venv/bin/python bench/cluster_bench.py
@@ -24,6 +28,7 @@ Figures are appended to bench/results.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -232,6 +237,68 @@ def bench_latency(broker: str, store_uri: str, s3: dict, pings: int, tmp: Path, 
         worker.wait()
 
 
+NIH_SAMPLE = ROOT.parent / "shared" / "data" / "nih-sample"
+
+
+def bench_prepare(broker: str, s3: dict, tmp: Path, workers: int, shard_size: int) -> dict:
+    """Wall time of the fanned-out prepare (submit -> manifest) and of the single-process one."""
+    from jobs import prepare
+    from jobs.spec.configs import PrepConfig
+    from jobs.store import layout, open_store
+
+    study = tmp / "prep.yaml"
+    study.write_text(
+        f"name: prep\ndataset: {NIH_SAMPLE}\npreprocessing: {{image_size: 256, shard_size: {shard_size}}}\n"
+        "training: {epochs: 1}\nruns:\n  test_resnet: [1]\n"
+    )
+    store_uri = f"s3://{BUCKET}/fanout"
+    env = tree_env(ROOT, {**s3, "CXRSTUDY_BROKER_URL": broker, "CXRSTUDY_STORE": store_uri})
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "worker", "--queues", "cpu", "--name", f"cpu{i}@%h"],
+            env=env,
+            stdout=open(tmp / f"cpu{i}.log", "wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=ROOT,
+        )
+        for i in range(workers)
+    ]
+    try:
+        for i in range(workers):
+            while "ready." not in (tmp / f"cpu{i}.log").read_text(errors="replace"):
+                time.sleep(0.2)
+        store = open_store(store_uri)
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "orchestrator.cli", "submit", str(study)], env=env, capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"submit failed: {proc.stderr}")
+        sid = proc.stdout.strip().splitlines()[-1]
+        prefix = json.loads(store.get_text(f"studies/{sid}/study.json"))["data_prefix"]
+        while not store.exists(layout.manifest_key(prefix)):
+            time.sleep(0.1)
+        fanned = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            os.killpg(p.pid, 9)
+            p.wait()
+    config = PrepConfig(image_size=256, shard_size=shard_size)
+    single_store = open_store(f"s3://{BUCKET}/single")
+    t0 = time.perf_counter()
+    manifest = prepare.run(str(NIH_SAMPLE), single_store, config, workers=workers, log=lambda m: None)
+    single = time.perf_counter() - t0
+    same = all(
+        store.get_bytes(layout.shard_key(prefix, e["name"]))
+        == single_store.get_bytes(layout.shard_key(manifest["prefix"], e["name"]))
+        for split in manifest["splits"].values()
+        for e in split["shards"]
+    )
+    shards = sum(len(v["shards"]) for v in manifest["splits"].values())
+    return {"fanned": fanned, "single": single, "shards": shards, "same": same}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=500)
@@ -239,6 +306,8 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=40)
     parser.add_argument("--gap", type=float, default=2.0, help="seconds between probes (the worker is idle again)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cpu-workers", type=int, default=2, help="CPU workers of the fanned-out prepare")
+    parser.add_argument("--shard-size", type=int, default=16, help="images per shard in the prepare benchmark")
     parser.add_argument("--no-record", action="store_true", help="do not append to bench/results.md")
     args = parser.parse_args()
 
@@ -264,6 +333,8 @@ def main() -> int:
         enqueue = bench_enqueue(broker, store.uri, args.enqueue, args.repeat)
         print(f"enqueue {args.enqueue}: {enqueue:.3f} s")
         delays = bench_latency(broker, store.uri, s3, args.pings, tmp, args.gap)
+        prep = bench_prepare(broker, s3, tmp, args.cpu_workers, args.shard_size)
+        print(prep)
     finally:
         for p in procs:
             os.killpg(p.pid, 15)
@@ -287,6 +358,10 @@ def main() -> int:
         f"enqueueing {args.enqueue:,} train jobs on Redis: {enqueue:.2f} s (target: under 2 s)",
         f"enqueue -> start of a task on an idle worker (Redis, {len(delays)} probes): median {med:.0f} ms, "
         f"p95 {p95:.0f} ms (target: median under 100 ms)",
+        f"prepare of the NIH sample (130 images, 1024 -> 256 px, {prep['shards']} shards of {args.shard_size}) into "
+        f"SeaweedFS: fanned out over {args.cpu_workers} Celery CPU workers {prep['fanned']:.1f} s (submit to "
+        f"manifest), single process with {args.cpu_workers} processes {prep['single']:.1f} s "
+        f"({prep['single'] / prep['fanned']:.2f}x); shards byte-identical: {'yes' if prep['same'] else 'NO'}",
     ]
     print("\n".join(lines))
     if not args.no_record:

@@ -150,6 +150,57 @@ class FanInWatch:
         self.tried_at = now
 
 
+class LostRunWatch:
+    """What ``wait`` does for a run whose job message is gone, so it never waits forever on one.
+
+    A run that has not ended and is not running, whose job no worker holds and whose train message
+    the broker does not hold either (in a queue, or delivered and not acknowledged: running, or
+    waiting out a retry's countdown), for ``grace`` seconds in a row while its dataset is prepared,
+    has lost its message: a broker killed while a worker took it, a retry published into a dying
+    connection, a prepare whose last task died before it enqueued the runs. ``wait`` enqueues it
+    again (a copy that finds the job held or ended does nothing) and says so.
+    """
+
+    def __init__(self, settings: Settings, coord, sid: str, grace: float, log: Callable[[str], None]):
+        self.settings, self.coord, self.sid, self.grace, self.log = settings, coord, sid, grace, log
+        self.missing_since: dict[str, float] = {}
+        self.checked_at = 0.0
+
+    def check(self, doc: dict, states: list[RunState], view: Store) -> None:
+        now = time.monotonic()
+        if now - self.checked_at < min(self.grace / 4, 30.0):
+            return
+        self.checked_at = now
+        pending = [s.job.job_id for s in states if not s.ended and s.state != "running"]
+        if not pending or not view.exists(layout.manifest_key(doc["data_prefix"])):
+            self.missing_since.clear()
+            return
+        present = self.coord.queued_jobs()
+        lost = []
+        for job_id in pending:
+            if job_id in present or self.coord.holder(job_id):
+                self.missing_since.pop(job_id, None)
+            elif now - self.missing_since.setdefault(job_id, now) >= self.grace:
+                lost.append(job_id)
+                del self.missing_since[job_id]
+        if lost:
+            from worker.tasks import enqueue_train
+
+            enqueue_train(make_app(self.settings), self.sid, lost)
+            self.log(
+                f"study {self.sid}: {len(lost)} run(s) had no job message in the broker and no worker for "
+                f"{self.grace:.0f} s (lost by the broker?); enqueued again: {', '.join(lost)}"
+            )
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    """What a poll of ``wait`` survives: the store or the broker away for a while."""
+    import redis
+    from kombu.exceptions import OperationalError
+
+    return (StoreError, redis.RedisError, OperationalError, ConnectionError, TimeoutError)
+
+
 def wait(
     sid: str,
     settings: Settings,
@@ -158,39 +209,70 @@ def wait(
     timeout: float | None = None,
     compact: bool = False,
     aggregate_grace: float = 60.0,
+    lost_grace: float | None = None,
 ) -> None:
     """Show progress until the study's report covers every run's end state.
 
-    ``compact`` prints one line per change of a run (state, epoch) instead of the whole table.
+    ``compact`` prints one line per change of a run (state, epoch) instead of the whole table. The
+    store or the broker being away for a while (a restart) is said once and waited out.
     """
     store, coord = connect(settings)
-    stale = settings.stale_after
-    fan_in = FanInWatch(settings, store, coord, sid, aggregate_grace, log)
-    started, last_view, last_rows = time.monotonic(), None, {}
-    view = Snapshot(store, layout.study_folder(sid), cache_file(store, sid))
-    while True:  # each poll: one listing of the study's folder, reads only of the records that changed
-        view.refresh()
-        doc, states = study_states(view, sid, stale)
-        ready = report_covers(view, sid, states)
-        if compact:
-            for r in rows_of(states):
-                key = (r["state"], r["epoch"])
-                if last_rows.get(r["job_id"]) != key:
-                    last_rows[r["job_id"]] = key
-                    auroc = "" if r["val_auroc"] is None else f" val AUROC {r['val_auroc']:.4f}"
-                    epoch = f" epoch {r['epoch']}" if r["epoch"] else ""
-                    log(f"{sid}: {r['architecture']} seed {r['seed']}: {r['state']}{epoch}{auroc}")
-        else:
-            text = render_status(view, sid, doc, states, coord.queue_depths(), False)
-            if text != last_view:
-                log(text)
-                last_view = text
-        if ready:
-            return
-        fan_in.check(states, view)
+    watch = _Watch(settings, store, coord, sid, compact, log)
+    watch.fan_in = FanInWatch(settings, store, coord, sid, aggregate_grace, log)
+    watch.lost = LostRunWatch(settings, coord, sid, lost_grace or settings.visibility_timeout + 30, log)
+    started, away, transient = time.monotonic(), False, _transient_errors()
+    while True:
+        try:
+            if watch.poll():
+                return
+            if away:
+                log(f"study {sid}: the store and the broker answer again")
+                away = False
+        except transient as exc:
+            if not away:
+                log(f"study {sid}: {type(exc).__name__}: {exc}; still watching (every {poll:.0f} s)")
+                away = True
         if timeout and time.monotonic() - started > timeout:
             raise CxrStudyError(f"study {sid}: no report after {timeout:.0f}s; `cxrstudy status {sid}` shows why")
         time.sleep(poll)
+
+
+class _Watch:
+    """One study watched by ``wait``: each poll is one listing of its folder and reads only of the
+    records that changed (:class:`Snapshot`)."""
+
+    fan_in: FanInWatch
+    lost: LostRunWatch
+
+    def __init__(self, settings: Settings, store: Store, coord, sid: str, compact: bool, log):
+        self.settings, self.coord, self.sid, self.compact, self.log = settings, coord, sid, compact, log
+        self.view = Snapshot(store, layout.study_folder(sid), cache_file(store, sid))
+        self.last_text: str | None = None
+        self.last_rows: dict[str, tuple] = {}
+
+    def poll(self) -> bool:
+        """Show what changed; True when the report covers every run's end state."""
+        sid, view = self.sid, self.view
+        view.refresh()
+        doc, states = study_states(view, sid, self.settings.stale_after)
+        if self.compact:
+            for r in rows_of(states):
+                key = (r["state"], r["epoch"])
+                if self.last_rows.get(r["job_id"]) != key:
+                    self.last_rows[r["job_id"]] = key
+                    auroc = "" if r["val_auroc"] is None else f" val AUROC {r['val_auroc']:.4f}"
+                    epoch = f" epoch {r['epoch']}" if r["epoch"] else ""
+                    self.log(f"{sid}: {r['architecture']} seed {r['seed']}: {r['state']}{epoch}{auroc}")
+        else:
+            text = render_status(view, sid, doc, states, self.coord.queue_depths(), False)
+            if text != self.last_text:
+                self.log(text)
+                self.last_text = text
+        if report_covers(view, sid, states):
+            return True
+        self.fan_in.check(states, view)
+        self.lost.check(doc, states, view)
+        return False
 
 
 def results(sid: str, settings: Settings, out: str | None) -> str:
@@ -227,6 +309,9 @@ def resume(sid: str, settings: Settings) -> str:
     clear_aggregate_error(store, sid)
     app = make_app(settings)
     if not manifest_exists(store, doc["data_prefix"]):
+        from worker.tasks import prepare_claim
+
+        coord.unclaim(prepare_claim(sid, doc["data_prefix"]))  # a fan-in whose worker died before the manifest
         app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
         return f"study {sid}: no shards yet; prepare enqueued again"
     from worker.tasks import aggregate_claim, enqueue_aggregate, enqueue_train

@@ -54,6 +54,34 @@ def broker_config(settings: Settings) -> tuple[str, dict]:
     }
 
 
+def survive_broker_restart() -> None:
+    """Keep a worker alive through a Redis restart (kombu 5.7).
+
+    When the broker connection drops, Celery closes it; a Redis channel of that connection then
+    restores its unacknowledged messages, or acks a job that just ended, through the connection that
+    was dropped, and raises AttributeError (``'NoneType' object has no attribute 'hostname'``, or
+    ``'client'``) instead of a connection error. Celery takes that for an unrecoverable error and the
+    worker exits: a pod loses its job's progress since the last checkpoint. Raising redis's own
+    ConnectionError there instead makes it what Celery and kombu expect, a lost connection: the ack or
+    restore is logged and skipped (the message stays in Redis's unacked set, which the visibility
+    sweep restores; a job that ended finds its result and does nothing) and the worker reconnects.
+    """
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    original = kombu_redis.Channel._connparams
+    if getattr(original, "cxrstudy_guard", False):
+        return
+
+    def _connparams(self, asynchronous=False):
+        if self.connection is None or self.connection.client is None:
+            raise redis.exceptions.ConnectionError("the broker connection was closed")
+        return original(self, asynchronous=asynchronous)
+
+    _connparams.cxrstudy_guard = True
+    kombu_redis.Channel._connparams = _connparams
+
+
 def make_app(settings: Settings) -> Celery:
     url, transport_options = broker_config(settings)
     app = Celery("cxrstudy", broker=url, include=["worker.tasks"])
@@ -84,4 +112,5 @@ def make_app(settings: Settings) -> Celery:
 
 
 # For `celery -A worker.app worker`: configured from the environment.
+survive_broker_restart()
 app = make_app(Settings.from_env())

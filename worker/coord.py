@@ -31,6 +31,7 @@ a worker with a job in hand because the queue is empty.
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
 import json
@@ -108,6 +109,11 @@ class Coordinator:
 
     def running_jobs(self) -> list[str]:
         """The ids of the jobs whose lease is held in this scope, sorted."""
+        raise NotImplementedError
+
+    def queued_jobs(self) -> set[str]:
+        """The job ids of the train messages the broker holds: waiting in a queue, or delivered to a
+        worker and not acknowledged yet (running, or waiting out a retry's countdown)."""
         raise NotImplementedError
 
     def extend_visibility(self, task_id: str) -> None:
@@ -278,6 +284,11 @@ class RedisCoord(Coordinator):
         entries = (e.rpartition("|")[0] for e in self.r.lrange(RUNNING, 0, -1))
         return sorted({e.removeprefix(start) for e in entries if e.startswith(start)})
 
+    def queued_jobs(self):
+        payloads = [m for q in QUEUES for m in self.r.lrange(q, 0, -1)]
+        payloads += [json.loads(v)[0] for v in self.r.hvals(self.UNACKED)]  # [message, exchange, routing key]
+        return {job for p in payloads if (job := train_job_of(p))}
+
     def extend_visibility(self, task_id):
         tag = self._tags.get(task_id)
         if tag is None:
@@ -412,6 +423,16 @@ class FileCoord(Coordinator):
     def unclaim(self, key):
         (self.root / f"claim/{key.replace('/', '_')}").unlink(missing_ok=True)
 
+    def queued_jobs(self):
+        queue = self.base.parent / "queue"
+        found = set()
+        for path in queue.glob("*.msg") if queue.is_dir() else []:
+            try:
+                found.add(train_job_of(path.read_text()))
+            except OSError:  # taken by a worker meanwhile
+                continue
+        return found - {None}
+
     def queue_depths(self):
         queue = self.base.parent / "queue"
         files = [p.name for p in queue.glob("*.msg")] if queue.is_dir() else []
@@ -423,6 +444,21 @@ class FileCoord(Coordinator):
 
     def running_jobs(self):
         return self._held(self.root / "lease")
+
+
+def train_job_of(message) -> str | None:
+    """The job id of a ``cxrstudy.train`` message as kombu stores it (a JSON envelope whose body is
+    the base64 of ``[args, kwargs, embed]``); None for any other message or one that cannot be read."""
+    try:
+        envelope = json.loads(message) if isinstance(message, (str, bytes)) else message
+        if envelope["headers"].get("task") != "cxrstudy.train":
+            return None
+        body = envelope["body"]
+        if envelope.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        return json.loads(body)[1].get("job_id")
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
 
 
 def _safe(url: str) -> str:

@@ -141,13 +141,16 @@ class Monitor:
 
     def __exit__(self, *exc):
         self._stop.set()
-        if not (self.lease.lost or self.lease.unconfirmed):
-            try:
+        try:
+            if not (self.lease.lost or self.lease.unconfirmed):
                 self.write({"state": "ended"})
-            except LeaseLost:
-                pass
-        signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-        self._thread.join(timeout=5)
+        except LeaseLost:
+            pass
+        except Exception as failed:  # the store is away: the progress file goes stale, which says the same
+            self.log(f"{self.job.job_id}: the last progress write failed ({type(failed).__name__})")
+        finally:  # the job's SIGTERM handler never outlives it, whatever happened
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+            self._thread.join(timeout=5)
 
     def _beat(self) -> None:
         interval = self.settings.lease_ttl / 3

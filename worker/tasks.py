@@ -224,12 +224,17 @@ def _prepare_fan_in(app, store, coord, doc: dict, index: dict | None = None) -> 
     from jobs.data import fanout
 
     study_id, prefix = doc["study_id"], doc["data_prefix"]
-    if not coord.claim(f"prepare:{study_id}:{prefix}", ttl=PREPARE_CLAIM_TTL):
+    if not coord.claim(prepare_claim(study_id, prefix), ttl=PREPARE_CLAIM_TTL):
         return
     if not store.exists(layout.manifest_key(prefix)):
         fanout.finish(store, prefix, index or fanout.read_plan(store, prefix))
         _log(f"{study_id}: every shard is written; {store.url(layout.manifest_key(prefix))} written")
     _enqueue_runs(app, store, study_id, doc)
+
+
+def prepare_claim(study_id: str, prefix: str) -> str:
+    """The claim of the task that writes the manifest and enqueues the study's runs (``resume`` drops it)."""
+    return f"prepare:{study_id}:{prefix}"
 
 
 def _same_dataset(doc: dict, prefix: str) -> None:

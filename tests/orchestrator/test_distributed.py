@@ -123,3 +123,58 @@ def test_list_shows_every_study_and_marks_the_damaged_one(ended):
         "; submit the study file again (`cxrstudy submit STUDY.yaml` writes it anew; the runs' files are kept)"
     )
     assert lines[1].startswith("st-1  ") and lines[1].endswith("  2 succeeded")
+
+
+def gpu_jobs(tmp) -> list[str]:
+    from worker.coord import train_job_of
+
+    return sorted(train_job_of(m.read_text()) for m in (tmp / "broker" / "queue").glob("*.gpu.msg"))
+
+
+def test_wait_enqueues_again_a_run_whose_message_no_broker_queue_or_worker_holds(ended):
+    """A run lost by the broker (no message queued or delivered, no lease) is enqueued again once its
+    absence outlasts the grace; one whose message is queued, or whose job a worker holds, is not."""
+    from worker.coord import open_coord
+    from worker.tasks import enqueue_train
+
+    store, (a, b), settings, tmp = ended
+    spec = parse_study({"name": "st", "dataset": "/d", "runs": {"densenet121": [1, 2, 3]}})
+    a, b, c = expand(spec, "st-2", "datasets/d/h")
+    write_study(store, spec.spec(), "st-2", "datasets/d/h", [a, b, c])
+    coord = open_coord(settings.broker_url, store.uri)
+    enqueue_train(distributed.make_app(settings), "st-2", [b.job_id])  # b's message is queued
+    assert coord.acquire(c.job_id, "worker-9", ttl=60)  # c is held by a worker
+    assert coord.queued_jobs() == {b.job_id}
+    lines = []
+    with pytest.raises(CxrStudyError, match="no report after"):
+        distributed.wait("st-2", settings, log=lines.append, poll=0.05, timeout=2, compact=True, lost_grace=0.5)
+    assert gpu_jobs(tmp) == sorted([a.job_id, b.job_id])  # a, once; b kept its one message
+    assert [line for line in lines if "enqueued again" in line] == [
+        f"study st-2: 1 run(s) had no job message in the broker and no worker for 0 s (lost by the broker?); "
+        f"enqueued again: {a.job_id}"
+    ]
+
+
+def test_wait_rides_out_a_store_that_is_away_for_a_while(ended, monkeypatch):
+    from jobs.errors import StoreError
+    from jobs.store.snapshot import Snapshot
+
+    _, _, settings, _ = ended
+    real, calls = Snapshot.refresh, []
+
+    def flaky(self, prefetch=True):
+        calls.append(1)
+        if 2 <= len(calls) <= 4:
+            raise StoreError("LIST studies/st-1/: cannot reach the S3 endpoint http://s3:9000")
+        return real(self, prefetch)
+
+    monkeypatch.setattr(Snapshot, "refresh", flaky)
+    lines = []
+    with pytest.raises(CxrStudyError, match="no report after"):
+        distributed.wait("st-1", settings, log=lines.append, poll=0.05, timeout=0.6, compact=True)
+    assert len(calls) > 5
+    assert [line for line in lines if "still watching" in line or "answer again" in line] == [
+        "study st-1: StoreError: LIST studies/st-1/: cannot reach the S3 endpoint http://s3:9000; still watching "
+        "(every 0 s)",
+        "study st-1: the store and the broker answer again",
+    ]
