@@ -275,3 +275,33 @@ def test_backoff_settings_come_from_the_environment_and_must_be_positive(monkeyp
     monkeypatch.setenv("CXRSTUDY_RETRY_BACKOFF_MAX", "0")
     with pytest.raises(ConfigError, match="CXRSTUDY_RETRY_BACKOFF_MAX: must be positive"):
         Settings.from_env()
+
+
+def test_a_channel_of_a_lost_broker_connection_raises_a_connection_error_the_worker_survives():
+    """kombu 5.7 raised AttributeError here, which Celery takes for an unrecoverable error (the
+    worker exited on a Redis restart); a connection error is logged and the worker reconnects."""
+    import redis
+    from kombu.transport import redis as kombu_redis
+
+    from worker.app import survive_broker_restart
+
+    survive_broker_restart()
+    survive_broker_restart()  # once only: not wrapped twice
+    channel = object.__new__(kombu_redis.Channel)
+    channel.connection = None
+    with pytest.raises(redis.exceptions.ConnectionError, match="the broker connection was closed"):
+        channel._connparams()
+
+
+def test_the_broker_says_which_train_jobs_it_holds(redis_url):
+    from worker.app import make_app
+    from worker.tasks import enqueue_aggregate, enqueue_train
+
+    coord = open_coord(redis_url, "s3://bucket/held")
+    coord.r.delete("gpu", "cpu")
+    app = make_app(Settings(broker_url=redis_url, store="s3://bucket/held"))
+    enqueue_train(app, "st-1", ["job-a", "job-b"])
+    enqueue_aggregate(app, "st-1")  # not a train job
+    assert coord.queued_jobs() == {"job-a", "job-b"}
+    coord.r.delete("gpu", "cpu")
+    assert coord.queued_jobs() == set()
