@@ -155,10 +155,11 @@ class LostRunWatch:
 
     A run that has not ended and is not running, whose job no worker holds and whose train message
     the broker does not hold either (in a queue, or delivered and not acknowledged: running, or
-    waiting out a retry's countdown), for ``grace`` seconds in a row while its dataset is prepared,
-    has lost its message: a broker killed while a worker took it, a retry published into a dying
-    connection, a prepare whose last task died before it enqueued the runs. ``wait`` enqueues it
-    again (a copy that finds the job held or ended does nothing) and says so.
+    waiting out a retry's countdown; ``retry_at`` in its ``error.json`` not yet ``grace`` seconds
+    past), for ``grace`` seconds in a row while its dataset is prepared, has lost its message: Redis
+    killed while it held the message (seen in the chaos test; the cause in kombu's Redis transport is
+    not pinned down), or a prepare whose last task died before it enqueued the runs. ``wait``
+    enqueues it again (a copy that finds the job held or ended does nothing) and says so.
     """
 
     def __init__(self, settings: Settings, coord, sid: str, grace: float, log: Callable[[str], None]):
@@ -171,14 +172,18 @@ class LostRunWatch:
         if now - self.checked_at < min(self.grace / 4, 30.0):
             return
         self.checked_at = now
-        pending = [s.job.job_id for s in states if not s.ended and s.state != "running"]
+        pending = [s for s in states if not s.ended and s.state != "running"]
+        ids = {s.job.job_id for s in pending}
+        self.missing_since = {k: t for k, t in self.missing_since.items() if k in ids}  # pending without a break
         if not pending or not view.exists(layout.manifest_key(doc["data_prefix"])):
             self.missing_since.clear()
             return
         present = self.coord.queued_jobs()
         lost = []
-        for job_id in pending:
-            if job_id in present or self.coord.holder(job_id):
+        for s in pending:
+            job_id, due = s.job.job_id, s.detail.get("retry_at") if s.state == "retrying" else None
+            waiting = isinstance(due, (int, float)) and due + self.grace > time.time()  # a retry's countdown
+            if job_id in present or waiting or self.coord.holder(job_id):
                 self.missing_since.pop(job_id, None)
             elif now - self.missing_since.setdefault(job_id, now) >= self.grace:
                 lost.append(job_id)
@@ -308,25 +313,31 @@ def resume(sid: str, settings: Settings) -> str:
         store.delete(layout.cancel_key(sid))
     clear_aggregate_error(store, sid)
     app = make_app(settings)
-    if not manifest_exists(store, doc["data_prefix"]):
-        from worker.tasks import prepare_claim
-
-        coord.unclaim(prepare_claim(sid, doc["data_prefix"]))  # a fan-in whose worker died before the manifest
-        app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
-        return f"study {sid}: no shards yet; prepare enqueued again"
-    from worker.tasks import aggregate_claim, enqueue_aggregate, enqueue_train
+    from worker.tasks import (
+        aggregate_claim,
+        enqueue_aggregate,
+        enqueue_train,
+        prepare_attempts_key,
+        prepare_claim,
+    )
 
     states = [run_state(store, job, settings.stale_after) for job in study_jobs(doc)]
     if all(s.ended for s in states):  # the runs re-run may end as before: that ending may fan in again
         coord.unclaim(aggregate_claim(sid, states))
     pending = []
-    for state in states:
+    for state in states:  # every run without a result starts over: its ending removed, its attempts zero
         job = state.job
         if state.state == SUCCEEDED:
             continue
         clear_ending(store, job)
         coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
         pending.append(job.job_id)
+    if not manifest_exists(store, doc["data_prefix"]):  # a failed or lost prepare: it runs again, then the runs
+        key = prepare_attempts_key(sid)
+        coord.attempts(key, -coord.attempts(key, 0))
+        coord.unclaim(prepare_claim(sid, doc["data_prefix"]))  # a fan-in whose worker died before the manifest
+        app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
+        return f"study {sid}: no shards yet; prepare enqueued again (then its {len(pending)} runs)"
     enqueue_train(app, sid, pending)
     if not pending:
         if not report_ready(store, sid, settings.stale_after):

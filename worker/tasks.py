@@ -32,7 +32,7 @@ import traceback
 import uuid
 
 from celery import current_app, shared_task
-from celery.exceptions import Reject
+from celery.exceptions import Reject, Retry
 from celery.signals import worker_shutting_down
 from celery.utils.log import get_task_logger
 
@@ -159,34 +159,44 @@ def _run_prepare(spec: dict, store_uri: str) -> str:
 @shared_task(name="cxrstudy.prepare", bind=True)
 def prepare_task(self, study_id: str) -> None:
     """Plan the study's dataset and fan its shards out over the cpu queue (:mod:`jobs.data.fanout`);
-    a dataset prepared before is checked against its manifest (damaged shards rebuilt) instead."""
+    a dataset prepared before is checked against its manifest (damaged shards rebuilt) instead.
+    Counted and retried like a train job: an error of the user's making fails the study's runs at
+    once, others are retried with backoff up to ``max_attempts``."""
     settings, store, coord = _context()
     doc = read_study(store, study_id)
-    spec, prefix = doc["spec"], doc["data_prefix"]
+    attempt = coord.attempts(prepare_attempts_key(study_id), 1)  # counted as it starts: a killed worker counts
     try:
-        if store.exists(layout.manifest_key(prefix)):
-            _same_dataset(doc, _run_prepare(spec, settings.store))
-            _enqueue_runs(self.app, store, study_id, doc)
-            return
-        from jobs.data import fanout
-        from jobs.data.manifest import plan
-        from jobs.spec.configs import PrepConfig
-        from jobs.spec.schema import build
+        _attempts_left(settings, attempt, "prepare")
+        _plan_and_fan_out(self.app, settings, store, coord, doc)
+    except Exception as exc:
+        _retry_or_fail(self, settings, store, coord, doc, exc, attempt, f"{study_id}: prepare")
 
-        config = build(PrepConfig, spec["preprocessing"], "preprocessing")
-        dataset, planned = plan(spec["dataset"]["location"], config, spec["dataset"]["id"], _log)
-        _same_dataset(doc, planned)
-        names = fanout.write_plan(store, spec["dataset"]["location"], dataset, config, prefix)
-        done = fanout.done_shards(store, prefix)
-    except Exception as exc:  # every run depends on the shards: record the failure on each, report it
-        _prepare_failed(self.app, settings, store, coord, doc, exc)
+
+def _plan_and_fan_out(app, settings, store, coord, doc: dict) -> None:
+    from jobs.data import fanout
+    from jobs.data.manifest import plan
+    from jobs.spec.configs import PrepConfig
+    from jobs.spec.schema import build
+
+    study_id, spec, prefix = doc["study_id"], doc["spec"], doc["data_prefix"]
+    if store.exists(layout.manifest_key(prefix)):
+        _same_dataset(doc, _run_prepare(spec, settings.store))
+        _prepare_fan_in(app, store, coord, doc)
         return
+    config = build(PrepConfig, spec["preprocessing"], "preprocessing")
+    dataset, planned = plan(spec["dataset"]["location"], config, spec["dataset"]["id"], _log)
+    _same_dataset(doc, planned)
+    names = fanout.write_plan(store, spec["dataset"]["location"], dataset, config, prefix)
+    for name in names:  # a new plan: each shard's attempts start over
+        key = shard_attempts_key(study_id, name)
+        coord.attempts(key, -coord.attempts(key, 0))
+    done = fanout.done_shards(store, prefix)
     pending = [name for name in names if name not in done]
     for name in pending:
-        self.app.send_task("cxrstudy.prepare_shard", kwargs={"study_id": study_id, "shard": name}, queue="cpu")
+        app.send_task("cxrstudy.prepare_shard", kwargs={"study_id": study_id, "shard": name}, queue="cpu")
     _log(f"{study_id}: prepare planned {len(names)} shards of {prefix}; {len(pending)} enqueued on the cpu queue")
     if not pending:
-        _prepare_fan_in(self.app, store, coord, doc)
+        _prepare_fan_in(app, store, coord, doc)
 
 
 @shared_task(name="cxrstudy.prepare_shard", bind=True)
@@ -198,38 +208,94 @@ def prepare_shard_task(self, study_id: str, shard: str) -> None:
     settings, store, coord = _context()
     doc = read_study(store, study_id)
     prefix = doc["data_prefix"]
+    attempt = coord.attempts(shard_attempts_key(study_id, shard), 1)
     started = time.monotonic()
     try:
-        fanout.build_planned_shard(store, prefix, shard, os.cpu_count() or 1, _log)
+        _attempts_left(settings, attempt, f"shard {shard}")
+        fanout.build_planned_shard(store, prefix, shard, cpu_cores(), _log)
         index = fanout.read_plan(store, prefix)
         done = fanout.done_shards(store, prefix) & set(index["shards"])
+        _log(
+            f"{study_id}: shard {shard} ready in {time.monotonic() - started:.1f} s; {len(done)}/{len(index['shards'])}"
+        )
+        if len(done) == len(index["shards"]):
+            _prepare_fan_in(self.app, store, coord, doc, index)
     except Exception as exc:
-        attempt = coord.attempts(f"prepare:{prefix}:{shard}", 1)
-        if isinstance(exc, FINAL_ERRORS) or attempt >= settings.max_attempts:
-            _prepare_failed(self.app, settings, store, coord, doc, exc)
+        _retry_or_fail(self, settings, store, coord, doc, exc, attempt, f"{study_id}: shard {shard}")
+
+
+def cpu_cores() -> int:
+    """The cores this process may use (a pod's CPU set, not the node's)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def prepare_attempts_key(study_id: str) -> str:
+    return f"prepare:{study_id}"
+
+
+def shard_attempts_key(study_id: str, shard: str) -> str:
+    return f"prepare:{study_id}:{shard}"
+
+
+class AttemptsExhausted(CxrStudyError):
+    """A task started more than ``max_attempts`` times (its worker died each time)."""
+
+
+def _attempts_left(settings, attempt: int, what: str) -> None:
+    if attempt > settings.max_attempts:
+        raise AttemptsExhausted(f"{what} did not finish in {attempt - 1} attempts (its worker died each time?)")
+
+
+def _retry_or_fail(task, settings, store, coord, doc: dict, exc: Exception, attempt: int, what: str) -> None:
+    """A failed prepare task: final (every run of the study fails, the report says why) for an error
+    of the user's making or the last attempt; otherwise retried after the backoff."""
+    delay = settings.retry_delay(attempt, random.random())
+    if isinstance(exc, (*FINAL_ERRORS, AttemptsExhausted)) or attempt >= settings.max_attempts:
+        try:
+            _prepare_failed(task.app, settings, store, coord, doc, exc)
             return
-        delay = settings.retry_delay(attempt, random.random())
-        _log(f"{study_id}: shard {shard}: attempt {attempt} failed ({type(exc).__name__}: {exc}); next in {delay:.1f}s")
-        raise self.retry(countdown=delay, max_retries=None) from None
-    _log(f"{study_id}: shard {shard} ready in {time.monotonic() - started:.1f} s; {len(done)}/{len(index['shards'])}")
-    if len(done) == len(index["shards"]):
-        _prepare_fan_in(self.app, store, coord, doc, index)
+        except Exception as unrecorded:  # the store is away too: try again later rather than lose it
+            _log(f"{what}: the failure could not be recorded ({type(unrecorded).__name__}: {unrecorded})")
+            _retry_later(task, delay, what)
+    _log(f"{what}: attempt {attempt} failed ({type(exc).__name__}: {exc}); attempt {attempt + 1} in {delay:.1f} s")
+    _retry_later(task, delay, what)
 
 
-PREPARE_CLAIM_TTL = 600.0
+def _retry_later(task, delay: float, what: str) -> None:
+    """Send the task again with a countdown (Celery's retry); when that message cannot be sent (the
+    broker is away), leave this one unacknowledged for the broker to deliver again: never drop it."""
+    try:
+        task.retry(countdown=delay, max_retries=None)
+    except Retry:
+        raise
+    except Exception as exc:
+        _log(f"{what}: the retry could not be sent ({type(exc).__name__}: {exc}); the job goes back to the queue")
+        raise Reject("the retry could not be sent; requeued", requeue=True) from None
+
+
+PREPARE_CLAIM_TTL = 14 * 86400.0  # until resume drops it: a late copy of a shard task enqueues no run twice
 
 
 def _prepare_fan_in(app, store, coord, doc: dict, index: dict | None = None) -> None:
-    """Every shard is written: the manifest (once), then the study's runs (once per study)."""
+    """Every shard is written: the manifest (once), then the study's runs (once per study). A
+    fan-in that fails gives its claim back, so the retry of its task can do it."""
     from jobs.data import fanout
 
     study_id, prefix = doc["study_id"], doc["data_prefix"]
-    if not coord.claim(prepare_claim(study_id, prefix), ttl=PREPARE_CLAIM_TTL):
+    claim = prepare_claim(study_id, prefix)
+    if not coord.claim(claim, ttl=PREPARE_CLAIM_TTL):
         return
-    if not store.exists(layout.manifest_key(prefix)):
-        fanout.finish(store, prefix, index or fanout.read_plan(store, prefix))
-        _log(f"{study_id}: every shard is written; {store.url(layout.manifest_key(prefix))} written")
-    _enqueue_runs(app, store, study_id, doc)
+    try:
+        if not store.exists(layout.manifest_key(prefix)):
+            fanout.finish(store, prefix, index or fanout.read_plan(store, prefix))
+            _log(f"{study_id}: every shard is written; {store.url(layout.manifest_key(prefix))} written")
+        _enqueue_runs(app, store, study_id, doc)
+    except BaseException:
+        coord.unclaim(claim)
+        raise
 
 
 def prepare_claim(study_id: str, prefix: str) -> str:
@@ -355,7 +421,7 @@ def _train(task, settings, held: JobLease) -> None:
         if not final:
             held.release()
             _log(f"{job.job_id}: attempt {attempt + 1} in {delay:.1f} s (backoff)")
-            raise task.retry(countdown=delay, max_retries=None) from None
+            _retry_later(task, delay, job.job_id)
         return
     if result is not None or monitor is None:
         return

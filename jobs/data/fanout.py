@@ -106,7 +106,10 @@ def build_planned_shard(store: Store, prefix: str, name: str, threads: int, log:
             + REPLAN.format(store.url(layout.plan_prefix(prefix)))
         )
     key, mark = layout.shard_key(prefix, name), layout.plan_done_key(prefix, name)
-    done = read_json(store, mark, "it is remade with its shard")
+    try:
+        done = read_json(store, mark)
+    except DamagedArtifact:  # a mark that cannot be read: the shard is made again, and its mark
+        done = None
     if done is not None and _present(store, key, done):
         log(f"prepare: {name} is already written (its size and sha256 match); skipped")
         return False

@@ -39,6 +39,9 @@ class Store:
     """What every backend provides. ``uri`` names the root, e.g. ``s3://bucket/prefix``."""
 
     uri: str
+    # Whether an object's listed version changes whenever its bytes do (an S3 ETag does; a local
+    # file's mtime may not, within one tick of the file system's clock).
+    versions_reliable = False
 
     def url(self, key: str) -> str:
         return f"{self.uri.rstrip('/')}/{key}"
@@ -180,6 +183,8 @@ def s3_client():
 
 class S3Store(Store):
     """``s3://bucket/prefix`` through boto3."""
+
+    versions_reliable = True
 
     def __init__(self, uri: str, client=None):
         rest = uri[len("s3://") :]

@@ -9,7 +9,9 @@ for reading, so :func:`jobs.store.records.run_state` and the rest take it as the
   ETag, a local file's mtime and size);
 - ``exists`` answers from that listing, with no request;
 - ``get_bytes`` reads an object only when its version differs from the copy it read before; the
-  records of a poll are fetched in parallel (:meth:`Snapshot.prefetch`).
+  records of a poll are fetched in parallel (:meth:`Snapshot.prefetch`). That takes versions that
+  change with the bytes (S3 ETags); over a local store, whose file times may repeat within one
+  clock tick, every look reads the records again (a local read costs what a copy would).
 
 So a poll of a study whose runs did not change costs one listing (a page per 1,000 objects), and
 ``wait`` reads only the progress files that moved. A snapshot may keep its copies on disk between
@@ -44,7 +46,9 @@ class Snapshot(Store):
             raise ValueError(f"a snapshot's prefix ends in '/': {prefix!r}")
         self.store, self.prefix, self.threads = store, prefix, threads
         self.uri = store.uri
+        self.versions_reliable = store.versions_reliable
         self.listing: dict[str, ObjectInfo] = {}
+        self._fresh: set[str] = set()
         self.copies: dict[str, tuple[str, bytes]] = {}  # key -> (version, bytes)
         self.requests = {"list": 0, "get": 0}
         self.cache_file = Path(cache_file) if cache_file else None
@@ -56,6 +60,7 @@ class Snapshot(Store):
         self.requests["list"] += 1
         self.listing = {o.key: o for o in self.store.list(self.prefix)}
         self.copies = {k: v for k, v in self.copies.items() if k in self.listing}
+        self._fresh = set()  # read since this listing: current whatever the store's versions
         if prefetch:
             self.prefetch()
         return self
@@ -68,7 +73,7 @@ class Snapshot(Store):
             if o.key.endswith(CACHED_SUFFIX)
             and o.size <= CACHED_MAX_BYTES
             and (wanted is None or wanted(o.key))
-            and self.copies.get(o.key, ("",))[0] != o.version
+            and not self._current(o.key, o.version)
         ]
         if not stale:
             return
@@ -89,7 +94,16 @@ class Snapshot(Store):
             self.copies.pop(key, None)
             return None
         self.copies[key] = (version, data)
+        self._fresh.add(key)
         return data
+
+    def _current(self, key: str, version: str) -> bool:
+        """The copy of ``key`` is the listed version: never for a store whose versions can repeat (a
+        local file rewritten within one clock tick) or an object listed without one."""
+        copy = self.copies.get(key)
+        if copy is None or copy[0] != version:
+            return False
+        return key in self._fresh or (self.versions_reliable and bool(version))
 
     def _inside(self, key: str) -> bool:
         return key.startswith(self.prefix)
@@ -104,9 +118,8 @@ class Snapshot(Store):
         info = self.listing.get(key)
         if info is None:
             raise NoSuchObject(f"{self.url(key)} does not exist")
-        copy = self.copies.get(key)
-        if copy is not None and copy[0] == info.version:
-            return copy[1]
+        if self._current(key, info.version):
+            return self.copies[key][1]
         data = self._fetch(key)
         if data is None:
             raise NoSuchObject(f"{self.url(key)} does not exist")

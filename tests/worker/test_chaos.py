@@ -203,7 +203,7 @@ def test_a_study_under_a_seeded_schedule_of_faults_ends_bit_identical_to_a_fault
         sid = ref_sid
         store = cluster.store()
         jobs = _jobs(store, sid)
-        stopped, applied = None, []
+        stopped, paused, applied = None, None, []
         for fault, moment in zip(faults, moments):
             cluster.wait_for(lambda m=moment: _epochs_done(store, jobs) >= m, timeout=400, what=f"{moment} epochs")
             if fault in ("sigkill", "sigstop"):
@@ -213,6 +213,7 @@ def test_a_study_under_a_seeded_schedule_of_faults_ends_bit_identical_to_a_fault
                     cluster.workers[victim].wait()
                     cluster.start_worker(f"{victim}r")
                 else:
+                    paused = _held_by(cluster, jobs, victim)  # (job id, owner) of the job it holds
                     cluster.workers[victim].expected_exit = True  # stopped: it may look dead to wait_for
                     os.killpg(cluster.workers[victim].pid, signal.SIGSTOP)
                     time.sleep(2 * TTL + 1)
@@ -253,14 +254,30 @@ def test_a_study_under_a_seeded_schedule_of_faults_ends_bit_identical_to_a_fault
                 if e["event"] == "reacquire":
                     assert any(a["owner"] == e["owner"] and a["token"] == e["token"] for a in acquired), events
             assert json.loads(store.get_text(job.keys.fence))["token"] == len(acquired)
-        if stopped is not None:
-            log = cluster.log(stopped)
-            if "lost its lease" in log:  # it held a job when paused and another took it
-                assert "nothing was written after the loss" in log
+        if stopped is not None and paused is not None:
+            # paused past its TTL, the worker either took its lease back (nobody acquired the job
+            # meanwhile) or found it lost and wrote nothing more
+            job_id, owner = paused
+            events = cluster.coord().lease_log(job_id)
+            retook = any(e["event"] == "reacquire" and e["owner"] == owner for e in events)
+            lost = f"{job_id}: stopped: another worker holds the job; nothing was written after the loss"
+            assert retook or lost in cluster.log(stopped), (events, cluster.log(stopped)[-3000:])
     finally:
         cluster.close()
         if watcher is not None and watcher.poll() is None:
             watcher.kill()
+
+
+def _held_by(cluster: Cluster, jobs, name: str) -> tuple[str, str] | None:
+    """(job id, lease owner) of the job that worker ``name`` holds, if any."""
+    children = set(
+        subprocess.run(["pgrep", "-P", str(cluster.workers[name].pid)], capture_output=True, text=True).stdout.split()
+    )
+    for job in jobs:
+        owner = cluster.coord().holder(job.job_id)
+        if owner and owner.split(":")[1] in children:
+            return job.job_id, owner
+    return None
 
 
 def _holder(cluster: Cluster, jobs) -> str | None:

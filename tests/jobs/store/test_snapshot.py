@@ -24,7 +24,10 @@ from jobs.store.snapshot import Snapshot
 
 
 class Counting(LocalStore):
-    """A local store that counts the requests an S3 store would make."""
+    """A local store that counts the requests an S3 store would make, and trusts its versions as
+    an S3 store trusts its ETags (the test bumps a rewritten file's mtime past the clock's tick)."""
+
+    versions_reliable = True
 
     def __init__(self, root):
         super().__init__(root)
@@ -139,3 +142,18 @@ def test_keys_outside_the_prefix_go_to_the_store(study):
     store.reset()
     assert view.exists("datasets/d/h/manifest.json") and view.get_bytes("datasets/d/h/manifest.json") == b"{}"
     assert store.calls == {"list": 0, "get": 1, "exists": 1}
+
+
+def test_over_a_local_store_every_look_reads_the_records_again(study, tmp_path):
+    """A local file rewritten within one tick of the file system's clock can keep its mtime, size
+    and inode: its listed version repeats, so a local snapshot never serves a copy from an earlier look."""
+    store, jobs = study
+    local = Counting(store.root)
+    local.versions_reliable = False
+    view = Snapshot(local, layout.study_folder("st-1"))
+    view.refresh()
+    study_states(view, "st-1")
+    local.reset()
+    view.refresh()
+    study_states(view, "st-1")
+    assert local.calls == {"list": 1, "get": 31, "exists": 0}  # each record once per look, never twice
