@@ -390,7 +390,7 @@ def _train(task, settings, held: JobLease) -> None:
     """One attempt under a held lease. Every write goes through ``held.fenced``, so a worker that
     lost the lease raises :class:`LeaseLost` at its next write instead of writing. Whatever fails
     after the attempt is counted is recorded (final for errors of the user's making, or past
-    ``max_attempts``) and otherwise requeued: a job is never dropped by an error."""
+    ``max_attempts``) and otherwise retried after the backoff: a job is never dropped by an error."""
     coord, job, store = held.coord, held.job, held.fenced
     attempt = coord.attempts(job.job_id, 1)
     try:
