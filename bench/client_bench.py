@@ -86,23 +86,32 @@ def _ports(n: int) -> list[int]:
             s.close()
 
 
-def start_weed(data: Path) -> tuple[subprocess.Popen, dict]:
-    """``weed mini`` with every port of its own (it never meets the tests' server on 8333)."""
+WEED_PORTS = (
+    "s3.port s3.port.grpc master.port master.port.grpc volume.port volume.port.grpc filer.port "
+    "filer.port.grpc webdav.port admin.port admin.port.grpc debug.port"
+).split()
+
+
+def weed_command(data: Path, bucket: str) -> tuple[list[str], int]:
+    """``weed mini`` over ``data`` with every port of its own (never the tests' 8333), and its S3 port.
+    The same command starts it again on the same ports and data (the chaos test restarts it)."""
     weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    names = (
-        "s3.port s3.port.grpc master.port master.port.grpc volume.port volume.port.grpc filer.port "
-        "filer.port.grpc webdav.port admin.port admin.port.grpc debug.port"
-    ).split()
-    ports = dict(zip(names, _ports(len(names))))
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
-    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={BUCKET}"]
+    ports = dict(zip(WEED_PORTS, _ports(len(WEED_PORTS))))
+    cmd = [weed, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={bucket}"]
     cmd += [f"-{name}={port}" for name, port in ports.items()] + ["-s3.port.iceberg=0", "-s3.port.lance=0"]
+    return cmd, ports["s3.port"]
+
+
+def start_weed(data: Path) -> tuple[subprocess.Popen, dict]:
+    """``weed mini`` on ports of its own, started; returns it and the variables a client needs."""
+    cmd, s3_port = weed_command(data, BUCKET)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET}
     log = open(data.parent / "weed.log", "wb")
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     client_env = {
         "AWS_ACCESS_KEY_ID": S3_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{ports['s3.port']}",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
         "AWS_REGION": "us-east-1",
     }
     return proc, client_env

@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.client_bench import _ports, weed_command
 from jobs.spec.study import JobSpec
 from tests.conftest import S3_KEY, S3_SECRET, _bucket_ready
 from tests.worker.conftest import ROOT, Cluster
@@ -39,17 +39,6 @@ pytestmark = pytest.mark.slow
 TTL = 3.0
 EPOCHS = 3
 RUNS = "test_resnet: [1, 2, 3]\ntest_efficientnet: [1, 2, 3]\n"
-
-
-def _ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Server:
@@ -78,7 +67,7 @@ def servers(tmp_path, monkeypatch):
     """Redis (AOF, fsync always) and SeaweedFS on ports of their own: (redis url, S3 env, redis, weed)."""
     import redis
 
-    rport, *wports = _ports(13)
+    (rport,) = _ports(1)
     (tmp_path / "redis").mkdir()
     (tmp_path / "weed").mkdir()
     rcmd = [shutil.which("redis-server"), "--port", str(rport), "--bind", "127.0.0.1", "--save", ""]
@@ -91,17 +80,11 @@ def servers(tmp_path, monkeypatch):
         except redis.RedisError:
             return False
 
-    names = (
-        "s3.port s3.port.grpc master.port master.port.grpc volume.port volume.port.grpc filer.port "
-        "filer.port.grpc webdav.port admin.port admin.port.grpc debug.port"
-    ).split()
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    wcmd = [weed, "mini", f"-dir={tmp_path / 'weed'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-bucket=cxrstudy-test"]
-    wcmd += [f"-{n}={p}" for n, p in zip(names, wports)] + ["-s3.port.iceberg=0", "-s3.port.lance=0"]
+    wcmd, s3_port = weed_command(tmp_path / "weed", "cxrstudy-test")
     s3 = {
         "AWS_ACCESS_KEY_ID": S3_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
-        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{wports[0]}",
+        "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
         "AWS_REGION": "us-east-1",
     }
     weed_server = Server(wcmd, tmp_path / "weed.log", {**os.environ, **s3})
