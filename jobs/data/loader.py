@@ -6,6 +6,12 @@ each augmentation. A run resumed at epoch k therefore sees exactly the batches i
 without the interruption. With DataLoader workers, shards are dealt out round-robin and each
 worker draws from its own generator, so the order is still a function of the seed alone.
 
+A run reads through one :class:`RunLoader`: its worker processes start once, at the run's first
+batch, and then serve every pass (each epoch's training, BatchNorm recalibration, validation, test).
+Which split, epoch and mode a pass reads is told to the workers through shared memory before the
+pass starts (:class:`SplitBatches`); workers batch their own samples, so a batch crosses the process
+boundary as three objects, not ``batch_size`` of each.
+
 Each shard is checked against its manifest entry as it streams (:func:`jobs.data.shards.read_shard`):
 a damaged one raises :class:`jobs.errors.DamagedArtifact` before the split is read whole, and
 :func:`make_loader`'s DataLoader re-raises it from a worker process with its one-line message.
@@ -13,13 +19,14 @@ a damaged one raises :class:`jobs.errors.DamagedArtifact` before the split is re
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from jobs.data.nih import SPLITS
 from jobs.data.shards import read_shard
 from jobs.errors import CxrStudyError
 from jobs.spec.configs import AugmentConfig
@@ -36,11 +43,14 @@ def augment(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np
     matrix[:, 2] += (tx, ty)
     out = cv2.warpAffine(img, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     if cfg.hflip and rng.random() < 0.5:
-        out = out[:, ::-1]
+        out = cv2.flip(out, 1)
     gain = rng.uniform(1 - cfg.contrast, 1 + cfg.contrast)
     shift = rng.uniform(-cfg.brightness, cfg.brightness) * 255
-    mean = float(out.mean())
-    return np.clip((out.astype(np.float32) - mean) * gain + mean + shift, 0, 255).astype(np.uint8)
+    mean = cv2.mean(out)[0]  # the exact sum over the pixel count, as out.mean(), 10x faster
+    # The exposure change per grey level, applied as a lookup table: each pixel gets the value the
+    # float32 formula gives it, at a fifth of the cost.
+    table = np.clip((np.arange(256, dtype=np.float32) - mean) * gain + mean + shift, 0, 255).astype(np.uint8)
+    return cv2.LUT(out, table)
 
 
 class ShardStream(IterableDataset):
@@ -82,20 +92,45 @@ class ShardStream(IterableDataset):
             with store.open(key) as stream:
                 yield from read_shard(stream, self.encoding, store.url(key), entry)
 
-    def __iter__(self):
+    def arrays(self) -> Iterator[tuple[np.ndarray, tuple[int, ...], str]]:
+        """``(pixels uint8 [H,W], labels, image name)`` of this process's share of the shards, in order."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, worker])
         samples = self._samples(worker, workers)
         if self.shuffle:
             samples = _shuffled(samples, rng, self.buffer_size)
+        augmenting = self.augment is not None and self.augment.enabled
         for s in samples:
-            pixels = augment(s.pixels, rng, self.augment) if self.augment and self.augment.enabled else s.pixels
+            yield (augment(s.pixels, rng, self.augment) if augmenting else s.pixels), s.labels, s.image
+
+    def __iter__(self):
+        for pixels, labels, image in self.arrays():
             yield (
                 torch.from_numpy(np.ascontiguousarray(pixels))[None],
-                torch.tensor(s.labels, dtype=torch.float32),
-                s.image,
+                torch.tensor(labels, dtype=torch.float32),
+                image,
             )
+
+
+def batched(samples: Iterable, batch_size: int, drop_last: bool) -> Iterator:
+    """``(images uint8 [B,1,H,W], labels float32 [B,14], names)`` from :meth:`ShardStream.arrays`: the
+    batches DataLoader's collation makes of that stream's tensors, built with one copy per batch."""
+    pixels, labels, names = [], [], []
+    for p, y, name in samples:
+        pixels.append(p)
+        labels.append(y)
+        names.append(name)
+        if len(names) == batch_size:
+            yield _collated(pixels, labels, names)
+            pixels, labels, names = [], [], []
+    if names and not drop_last:
+        yield _collated(pixels, labels, names)
+
+
+def _collated(pixels: list, labels: list, names: list) -> tuple:
+    images = torch.from_numpy(np.stack(pixels)[:, None])
+    return images, torch.from_numpy(np.asarray(labels, dtype=np.float32)), names
 
 
 def _shuffled(items: Iterator, rng: np.random.Generator, size: int) -> Iterator:
@@ -109,6 +144,63 @@ def _shuffled(items: Iterator, rng: np.random.Generator, size: int) -> Iterator:
             yield buffer.pop()
     for i in rng.permutation(len(buffer)):
         yield buffer[i]
+
+
+class SplitBatches(IterableDataset):
+    """The batches of one pass over a split: whichever pass :meth:`set_pass` named last.
+
+    The pass (split, epoch, train) lives in a shared-memory tensor, so worker processes started once
+    read the pass the run asks for next. Training passes shuffle, augment and drop the last partial
+    batch of each worker (as DataLoader's ``drop_last`` does); evaluation passes read in shard order.
+
+    Args:
+        store_uri, prefix, encoding: as :class:`ShardStream`.
+        splits: each split's shard entries from the manifest.
+        seed: the run's seed (with the epoch, it fixes order and augmentation).
+        batch_size: images per batch.
+        augment: the training passes' augmentation (None: none).
+        buffer_size: the training passes' shuffle buffer.
+    """
+
+    def __init__(
+        self,
+        store_uri: str,
+        prefix: str,
+        splits: dict[str, list[dict]],
+        encoding: str,
+        *,
+        seed: int,
+        batch_size: int,
+        augment: AugmentConfig | None = None,
+        buffer_size: int = 1000,
+    ):
+        self.store_uri, self.prefix, self.splits, self.encoding = store_uri, prefix, splits, encoding
+        self.seed, self.batch_size, self.augment, self.buffer_size = seed, batch_size, augment, buffer_size
+        self._pass = torch.zeros(3, dtype=torch.int64).share_memory_()  # split index, epoch, train
+
+    def set_pass(self, split: str, epoch: int = 0, train: bool = False) -> None:
+        self._pass.copy_(torch.tensor([SPLITS.index(split), epoch, int(train)]))
+
+    def stream(self) -> ShardStream:
+        """The sample stream of the pass set last."""
+        split, epoch, train = self._pass.tolist()
+        return ShardStream(
+            self.store_uri,
+            self.prefix,
+            self.splits[SPLITS[split]],
+            self.encoding,
+            seed=self.seed,
+            epoch=epoch,
+            shuffle=bool(train),
+            augment=self.augment if train else None,
+            buffer_size=self.buffer_size,
+        )
+
+    def __iter__(self):
+        if get_worker_info() is not None:
+            cv2.setNumThreads(1)  # a worker is one core of the pipeline; OpenCV's threads would oversubscribe
+        stream = self.stream()
+        yield from batched(stream.arrays(), self.batch_size, drop_last=stream.shuffle)
 
 
 class _Loader(DataLoader):
@@ -135,15 +227,56 @@ def _unwrapped(exc: CxrStudyError) -> CxrStudyError:
     return kind(text.rsplit(marker, 1)[1].strip())
 
 
+class RunLoader:
+    """One run's batches, every pass through the same worker processes (started at the first batch).
+
+    ``batches(split, epoch, train)`` starts a pass; a pass left unfinished (BatchNorm recalibration
+    reads a few batches) is dropped when the next one starts. :meth:`close` stops the workers.
+
+    Args:
+        dataset: what the passes read.
+        num_workers: worker processes (0: in this process).
+        pin_memory: page-locked batches, for asynchronous copies to a GPU.
+        prefetch: batches each worker keeps ready.
+    """
+
+    def __init__(self, dataset: SplitBatches, num_workers: int = 0, pin_memory: bool = False, prefetch: int = 4):
+        self.dataset = dataset
+        self.loader = _Loader(
+            dataset,
+            batch_size=None,  # the dataset batches
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=num_workers > 0,
+            prefetch_factor=prefetch if num_workers else None,
+            multiprocessing_context="spawn" if num_workers else None,
+        )
+
+    def batches(self, split: str, epoch: int = 0, train: bool = False) -> Iterator:
+        self.dataset.set_pass(split, epoch, train)
+        return iter(self.loader)
+
+    def close(self) -> None:
+        iterator, self.loader._iterator = getattr(self.loader, "_iterator", None), None
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def __enter__(self) -> RunLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def make_loader(
     stream: ShardStream, batch_size: int, num_workers: int = 0, drop_last: bool = False, pin_memory: bool = False
 ) -> DataLoader:
+    """A one-pass DataLoader over ``stream`` (tests and benches; a run uses :class:`RunLoader`)."""
     return _Loader(
         stream,
         batch_size=batch_size,
         num_workers=num_workers,
         drop_last=drop_last,
         pin_memory=pin_memory,
-        persistent_workers=False,
         multiprocessing_context="spawn" if num_workers else None,
     )

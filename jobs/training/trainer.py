@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from jobs.data.labels import CLASSES
-from jobs.data.loader import ShardStream, make_loader
+from jobs.data.loader import RunLoader, SplitBatches
 from jobs.data.manifest import load_manifest
 from jobs.errors import CxrStudyError
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
@@ -50,6 +50,10 @@ from jobs.training.optim import make_optimizer, make_schedule
 StepHook = Callable[[dict], "str | None"]
 # Called after every finished epoch with its metrics.jsonl record.
 EpochHook = Callable[[dict], None]
+# The running training loss stays on the device; it is read (a host-device sync) at most this often,
+# at log lines, at a checkpoint and at the end of an epoch, never once per step.
+LOSS_READ_EVERY_S = 5.0
+LOG_EVERY_S = 30.0  # a progress line inside a long epoch
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,22 +88,22 @@ def run(
         job: the run: architecture, seed, training config, data prefix, and the store keys of its outputs.
         store: where the shards are read and the outputs written.
         device: where to train; None picks CUDA when available, else the CPU.
-        log: receives one line per start, epoch and end (and every 30 s inside an epoch).
+        log: receives one line per start, epoch and end (and every ``LOG_EVERY_S`` inside an epoch).
         on_epoch: receives each finished epoch's metrics.jsonl record.
         on_step: receives the position after every step; its answer can stop the run (see ``StepHook``).
     """
     if (done := read_json(store, job.keys.result)) is not None:  # a damaged one raises, naming it
         log(f"{job.job_id}: result.json exists; skipped")
         return done
-    trainer = Trainer(job, store, device or pick_device(), log)
-    trainer.start_or_resume()
-    started = time.monotonic()
-    for epoch in range(trainer.progress.epoch, job.training.epochs):
-        if trainer.out_of_patience():
-            break
-        if not trainer.run_epoch(epoch, on_step, on_epoch):
-            return None  # on_step stopped the run inside the epoch
-    return trainer.test_best(started)
+    with Trainer(job, store, device or pick_device(), log) as trainer:
+        trainer.start_or_resume()
+        started = time.monotonic()
+        for epoch in range(trainer.progress.epoch, job.training.epochs):
+            if trainer.out_of_patience():
+                break
+            if not trainer.run_epoch(epoch, on_step, on_epoch):
+                return None  # on_step stopped the run inside the epoch
+        return trainer.test_best(started)
 
 
 class Evaluation:
@@ -131,7 +135,10 @@ class Evaluation:
 
 
 class Trainer:
-    """One run: model, loss, optimizer, schedule, data, and its :class:`RunProgress` (what a resume restores)."""
+    """One run: model, loss, optimizer, schedule, data, and its :class:`RunProgress` (what a resume restores).
+
+    A context manager: leaving it stops the run's loader workers.
+    """
 
     def __init__(self, job: JobSpec, store: Store, device: torch.device, log: Callable[[str], None]):
         self.job, self.store, self.device, self.log = job, store, device, log
@@ -160,25 +167,36 @@ class Trainer:
         self.steps_per_epoch = max(1, self.manifest["splits"]["train"]["images"] // cfg.batch_size)
         self.scheduler = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.progress, self.previous = RunProgress(), None  # previous: last.pt's bytes, saved next as last.prev.pt
+        m = self.manifest
+        self.data = RunLoader(
+            SplitBatches(
+                store.uri,
+                job.data_prefix,
+                {split: m["splits"][split]["shards"] for split in m["splits"]},  # the loader checks each shard
+                m["config"]["encoding"],
+                seed=job.seed,
+                batch_size=cfg.batch_size,
+                augment=cfg.augment,
+            ),
+            cfg.num_workers,
+            pin_memory=self.cuda,
+        )
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this epoch's loss x images
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.data.close()
 
     # --- data ---------------------------------------------------------------------------------
     def train_prevalence(self) -> list[float]:
         prevalence = self.manifest["splits"]["train"]["prevalence"]
         return [prevalence[c] for c in CLASSES]
 
-    def loader(self, split: str, epoch: int = 0, train: bool = False):
-        m = self.manifest
-        stream = ShardStream(
-            self.store.uri,
-            self.job.data_prefix,
-            m["splits"][split]["shards"],  # entries: the loader checks each shard's count, size and sha256
-            m["config"]["encoding"],
-            seed=self.job.seed,
-            epoch=epoch,
-            shuffle=train,
-            augment=self.cfg.augment if train else None,
-        )
-        return make_loader(stream, self.cfg.batch_size, self.cfg.num_workers, drop_last=train, pin_memory=self.cuda)
+    def batches(self, split: str, epoch: int = 0, train: bool = False):
+        """One pass over ``split``: shuffled and augmented by ``(seed, epoch)`` when ``train``."""
+        return self.data.batches(split, epoch, train)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).float().div_(255.0).sub_(GRAY_MEAN).div_(GRAY_STD)
@@ -255,38 +273,50 @@ class Trainer:
             self.log(f"{job.job_id}: no improvement for {cfg.patience} epochs; stopping early")
         return True
 
+    def step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One optimisation step on a batch (uint8 images, float labels; on the host or the device).
+        Returns the batch's mean loss as a device tensor: reading it is left to the caller."""
+        with self.autocast():
+            logits = self.model(self.inputs(images))
+        loss = self.loss_fn(logits, labels.to(self.device, non_blocking=True))  # float32 inside the loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
     def train_steps(self, epoch: int, on_step: StepHook | None = None) -> float | None:
         """Train one epoch's steps; the mean training loss, or None when ``on_step`` asked to stop.
 
         An epoch interrupted by a stop request (SIGTERM, cancel) is checkpointed with its position:
         the resumed run skips the batches already trained (the stream is a function of the seed and
-        epoch, the global RNGs come from the checkpoint), so it continues the same run.
+        epoch, the global RNGs come from the checkpoint), so it continues the same run. The loss is
+        summed on the device and read every :data:`LOSS_READ_EVERY_S` at most (:meth:`_read_loss`).
         """
         job, cfg, p = self.job, self.cfg, self.progress
         self.model.train()
         done = p.step
-        start, last_log = time.monotonic(), time.monotonic()
-        for step, (images, labels, _) in enumerate(self.loader("train", epoch, train=True), start=1):
+        self._loss_sum.fill_(p.partial_loss)  # summed in step order, as a resumed epoch's checkpoint holds it
+        start = last_log = last_read = time.monotonic()
+        for step, (images, labels, _) in enumerate(self.batches("train", epoch, train=True), start=1):
             if step <= done:
                 continue  # trained before the interruption
-            with self.autocast():
-                logits = self.model(self.inputs(images))
-            loss = self.loss_fn(logits, labels.to(self.device))  # float32 inside the loss
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+            loss = self.step(images, labels)
+            self._loss_sum += loss.double() * len(images)
             p.step = step
-            p.partial_loss += loss.item() * len(images)
             p.partial_count += len(images)
-            if time.monotonic() - last_log > 30:
-                last_log = time.monotonic()
+            now = time.monotonic()
+            if now - last_read >= LOSS_READ_EVERY_S or now - last_log > LOG_EVERY_S:
+                last_read = self._read_loss()
+            if now - last_log > LOG_EVERY_S:
+                last_log = now
                 self.log(
                     f"{job.job_id}: epoch {epoch + 1}/{cfg.epochs} step {step}/{self.steps_per_epoch} "
-                    f"loss {p.partial_loss / p.partial_count:.4f} ({p.partial_count / (last_log - start):.1f} img/s)"
+                    f"loss {p.partial_loss / p.partial_count:.4f} ({p.partial_count / (now - start):.1f} img/s)"
                 )
             if on_step and self._stop_requested(on_step, epoch):
                 return None
+        self._read_loss()
         if p.partial_count == 0:
             raise CxrStudyError(
                 f"{job.job_id}: the train split has fewer images than one batch ({cfg.batch_size}); "
@@ -296,8 +326,21 @@ class Trainer:
         p.step, p.partial_loss, p.partial_count = 0, 0.0, 0  # the epoch is whole
         return train_loss
 
+    def _read_loss(self) -> float:
+        """Copy the device's loss sum into the progress (one host-device sync); returns the time.
+
+        The sum runs over the whole epoch in step order, whenever it is read, so the epoch's loss is
+        the same number however often it was read, and the same after a resume.
+        """
+        self.progress.partial_loss = self._loss_sum.item()
+        return time.monotonic()
+
     def _stop_requested(self, on_step: StepHook, epoch: int) -> bool:
-        """Tell ``on_step`` the position; on "checkpoint" save ``last.pt`` here. True to stop the run."""
+        """Tell ``on_step`` the position; on "checkpoint" save ``last.pt`` here. True to stop the run.
+
+        The ``train_loss`` it is told is as of the last read of the loss (at most
+        :data:`LOSS_READ_EVERY_S` old); a checkpoint reads it first, so ``last.pt`` holds it exact.
+        """
         p = self.progress
         directive = on_step(
             {
@@ -309,6 +352,7 @@ class Trainer:
             }
         )
         if directive == "checkpoint":
+            self._read_loss()
             self.save_last()
             self.log(
                 f"{self.job.job_id}: stop requested; checkpoint saved at epoch {epoch + 1} "
@@ -331,7 +375,7 @@ class Trainer:
             m.reset_running_stats()
             m.momentum = None  # cumulative average
         self.model.train()
-        for i, (images, _, _) in enumerate(self.loader("train", epoch + 10_000, train=True)):
+        for i, (images, _, _) in enumerate(self.batches("train", epoch + 10_000, train=True)):
             if i >= self.cfg.bn_recalibrate:
                 break
             with self.autocast():
@@ -341,23 +385,26 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> Evaluation:
+        """The model on ``split``; outputs stay on the device until the pass ends (one copy back)."""
         self.model.eval()
-        names, probs, labels, loss_sum = [], [], [], 0.0
-        for images, y, batch_names in self.loader(split):
+        names, probs, labels = [], [], []
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for images, y, batch_names in self.batches(split):
             with self.autocast():
                 logits = self.model(self.inputs(images))
-            y = y.to(self.device)
-            loss_sum += self.loss_fn(logits, y).item() * len(images)
-            probs.append(torch.sigmoid(logits.float()).cpu().numpy())
-            labels.append(y.cpu().numpy())
+            y = y.to(self.device, non_blocking=True)
+            loss_sum += self.loss_fn(logits, y).double() * len(images)
+            probs.append(torch.sigmoid(logits.float()))
+            labels.append(y)
             names.extend(batch_names)
-        probs = np.concatenate(probs)
+        probs = torch.cat(probs).cpu().numpy()
         if not np.isfinite(probs).all():  # metrics cannot rank NaN; say what happened instead
             raise TrainingDiverged(
                 f"{self.job.job_id}: the model's {split} probabilities contain NaN: training diverged "
                 f"(lower training.lr, or raise training.warmup_epochs)"
             )
-        return Evaluation(names, probs, np.concatenate(labels).astype(np.uint8), loss_sum / len(names))
+        labels = torch.cat(labels).cpu().numpy().astype(np.uint8)
+        return Evaluation(names, probs, labels, loss_sum.item() / len(names))
 
     # --- outputs ------------------------------------------------------------------------------
     def save_last(self) -> None:

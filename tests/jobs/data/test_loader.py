@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jobs import prepare
-from jobs.data.loader import ShardStream, augment, make_loader
+from jobs.data.loader import RunLoader, ShardStream, SplitBatches, augment, batched, make_loader
 from jobs.errors import DamagedArtifact
 from jobs.spec.configs import AugmentConfig, PrepConfig
 from jobs.store import LocalStore, open_store
@@ -78,3 +78,53 @@ def test_a_damaged_shard_fails_the_split_with_one_line_naming_it(prepared, tmp_p
         message,
     ), message
     assert len(seen) < count
+
+
+def _batches(batches) -> list:
+    return [(names, images, labels) for images, labels, names in batches]
+
+
+def _same_batches(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        list(x[0]) == list(y[0]) and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(a, b)
+    )
+
+
+def test_a_run_loader_serves_every_pass_from_the_same_worker_processes_as_one_pass_loaders_would(prepared):
+    store, m = prepared
+    splits = {s: info["shards"] for s, info in m["splits"].items()}
+    dataset = SplitBatches(
+        store.uri, m["prefix"], splits, m["config"]["encoding"], seed=3, batch_size=16, augment=AugmentConfig()
+    )
+    dataset.buffer_size = 50
+
+    def one_pass(split, epoch=0, train=False):  # what a run read before: a fresh DataLoader per pass
+        stream = _stream(store, m, split, seed=3, epoch=epoch, shuffle=train, buffer_size=50)
+        stream.augment = AugmentConfig() if train else None
+        return _batches(make_loader(stream, 16, num_workers=2, drop_last=train))
+
+    with RunLoader(dataset, num_workers=2) as loader:
+        first = _batches(loader.batches("train", 1, train=True))
+        workers = [w.pid for w in loader.loader._iterator._workers]
+        next(loader.batches("train", 10_001, train=True))  # a pass left after one batch (BatchNorm recalibration)
+        val = _batches(loader.batches("val"))
+        second = _batches(loader.batches("train", 2, train=True))
+        test = _batches(loader.batches("test"))
+        processes = loader.loader._iterator._workers
+        assert [w.pid for w in processes] == workers and all(w.is_alive() for w in processes)
+    assert not any(w.is_alive() for w in processes)  # closed with the run
+
+    assert _same_batches(first, one_pass("train", 1, train=True))
+    assert _same_batches(second, one_pass("train", 2, train=True))
+    assert _same_batches(val, one_pass("val")) and _same_batches(test, one_pass("test"))
+    assert [n for names, _, _ in first for n in names] != [n for names, _, _ in second for n in names]
+    assert sum(len(names) for names, _, _ in test) == m["splits"]["test"]["images"]
+    assert all(len(names) == 16 for names, _, _ in first)  # each worker drops its last partial batch
+
+
+def test_batches_are_the_collation_of_the_sample_stream_in_this_process(prepared):
+    store, m = prepared
+    stream = _stream(store, m, "train", seed=5, epoch=0, shuffle=True, augment=AugmentConfig(), buffer_size=50)
+    built = list(batched(stream.arrays(), 16, drop_last=False))
+    assert _same_batches(_batches(built), _batches(make_loader(stream, 16)))
+    assert [len(names) for _, _, names in built][-1] == m["splits"]["train"]["images"] % 16 or 16

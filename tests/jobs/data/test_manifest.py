@@ -14,7 +14,7 @@ from tests.conftest import TINY_PREP
 
 def test_every_shard_entry_is_its_count_size_and_sha256(prepared):
     store, m = prepared
-    assert m["format"] == "cxrstudy-shards/2"
+    assert m["format"] == "cxrstudy-shards/3"
     for split, info in m["splits"].items():
         for entry in info["shards"]:
             path = store.path(f"{m['prefix']}/shards/{entry['name']}")

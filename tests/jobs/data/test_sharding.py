@@ -1,8 +1,11 @@
 """prepare on a prepared prefix: shards that differ from the manifest are rebuilt, the rest left alone."""
 
+import numpy as np
 import pytest
 
 from jobs import prepare
+from jobs.data.nih import NihDataset, Record
+from jobs.data.sharding import plan_shards
 from jobs.errors import DamagedArtifact
 from jobs.spec.configs import PrepConfig
 from jobs.store import LocalStore
@@ -73,3 +76,37 @@ def test_a_damaged_manifest_is_prepared_again(synthetic, tmp_path):
     again = prepare.run(str(synthetic), store, CONFIG, workers=1, log=messages.append)
     assert f"prepare: {store.url(m['prefix'] + '/manifest.json')} is damaged; preparing again" in messages
     assert {k: v for k, v in again.items() if k != "created"} == {k: v for k, v in m.items() if k != "created"}
+
+
+def _patient_ordered_dataset() -> NihDataset:
+    """60 patients of 10 films each, listed by patient as NIH lists them; the first 30 patients have
+    Atelectasis on every film, the others none: a shard cut in list order holds one kind or the other."""
+    rng = np.random.default_rng(0)
+    records = []
+    for patient in range(60):
+        for film in range(10):
+            labels = [int(patient < 30), int(rng.random() < 0.2)] + [0] * 12
+            records.append(
+                Record(f"{patient:08d}_{film:03d}.png", f"images/{patient}_{film}.png", patient, tuple(labels))
+            )
+    splits = {"train": records, "val": records[:100], "test": records[100:200]}
+    return NihDataset("mem://", "Data_Entry_2017.csv", splits, {}, {}, 0)
+
+
+def test_shards_are_cut_from_each_split_shuffled_by_the_split_seed_so_their_prevalence_is_the_splits():
+    dataset = _patient_ordered_dataset()
+    config = PrepConfig(shard_size=50)
+    planned = [p for p in plan_shards(dataset, config) if p.split == "train"]
+    assert [p.name for p in planned] == [f"train-{i:06d}.tar" for i in range(12)]
+    assert sorted(r.image for p in planned for r in p.records) == sorted(r.image for r in dataset.splits["train"])
+    everything = np.array([r.labels[:2] for r in dataset.splits["train"]], dtype=float)
+    split_prevalence, n, total = everything.mean(axis=0), 50, len(everything)
+    # The standard deviation of a shard's prevalence: 50 records drawn without replacement from 600.
+    sd = np.sqrt(split_prevalence * (1 - split_prevalence) / n * (total - n) / (total - 1))
+    for p in planned:
+        prevalence = np.array([r.labels[:2] for r in p.records], dtype=float).mean(axis=0)
+        assert (np.abs(prevalence - split_prevalence) <= 4 * sd).all(), (p.name, prevalence, split_prevalence)
+    again = plan_shards(dataset, config)
+    other = plan_shards(dataset, PrepConfig(shard_size=50, split_seed=1))
+    assert [r.image for r in again[0].records] == [r.image for r in planned[0].records]
+    assert [r.image for r in other[0].records] != [r.image for r in planned[0].records]

@@ -22,8 +22,26 @@ def test_pixels_round_trip_exactly(encoding):
     assert np.array_equal(shards.decode_pixels(shards.encode_pixels(pixels, encoding), encoding), pixels)
 
 
+def test_png_members_are_unfiltered_and_read_without_libpng_and_other_pngs_still_read(monkeypatch):
+    pixels = np.random.default_rng(1).integers(0, 256, size=(19, 31), dtype=np.uint8)
+    data = shards.encode_pixels(pixels, "png")
+    assert np.array_equal(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE), pixels)  # a valid PNG
+    assert np.array_equal(shards._unfiltered_png(data), pixels)  # every row has filter type 0
+    smooth = np.add.outer(np.arange(19), np.arange(31)).astype(np.uint8)
+    others = {
+        "adaptive filters": cv2.imencode(".png", smooth)[1].tobytes(),
+        "16-bit": cv2.imencode(".png", smooth.astype(np.uint16) * 257)[1].tobytes(),
+        "colour": cv2.imencode(".png", np.dstack([smooth] * 3))[1].tobytes(),
+    }
+    assert shards._unfiltered_png(others["adaptive filters"]) is None
+    for name, other in others.items():
+        expected = cv2.imdecode(np.frombuffer(other, np.uint8), cv2.IMREAD_GRAYSCALE)
+        assert np.array_equal(shards.decode_pixels(other, "png"), expected), name
+    assert shards.decode_pixels(b"not a png", "png") is None
+
+
 def test_a_failed_png_encoding_raises(monkeypatch):
-    monkeypatch.setattr(cv2, "imencode", lambda ext, img: (False, np.zeros(0, np.uint8)))
+    monkeypatch.setattr(cv2, "imencode", lambda ext, img, params=None: (False, np.zeros(0, np.uint8)))
     with pytest.raises(DatasetError, match=r"could not encode a \(4, 4\) uint8 image as PNG"):
         shards.encode_pixels(np.zeros((4, 4), np.uint8), "png")
 

@@ -75,6 +75,48 @@ def test_same_seed_gives_identical_metrics_and_another_seed_differs(prepared):
     assert a["test"]["auroc"] != c["test"]["auroc"]
 
 
+def test_loader_workers_start_once_a_run_and_train_the_same_run_as_none(prepared, monkeypatch):
+    import multiprocessing.context
+
+    store, m = prepared
+    started = []
+    real_start = multiprocessing.context.SpawnProcess.start
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", lambda p: started.append(p) or real_start(p))
+    cfg = dataclasses.replace(TINY, bn_recalibrate=2)
+    inline = train.run(job(m, "workers-0", cfg=cfg), store, log=lambda s: None)
+    assert started == []
+    pooled = train.run(job(m, "workers-1", cfg=dataclasses.replace(cfg, num_workers=1)), store, log=lambda s: None)
+    # One worker process for 3 epochs of training, BatchNorm recalibration and validation, and the test.
+    assert len(started) == 1 and not started[0].is_alive()
+    assert pooled["test"] == inline["test"] and pooled["val"] == inline["val"]
+
+
+def test_the_training_loss_stays_on_the_device_and_is_read_once_an_epoch(prepared, monkeypatch):
+    store, m = prepared
+    monkeypatch.setattr(trainer, "LOSS_READ_EVERY_S", float("inf"))
+    monkeypatch.setattr(trainer, "LOG_EVERY_S", float("inf"))
+    steps, reads = [], []
+    real_step, real_read = trainer.Trainer.step, trainer.Trainer._read_loss
+
+    def step(self, images, labels):
+        loss = real_step(self, images, labels)
+        steps.append((self.progress.epoch, loss, len(images)))
+        return loss
+
+    monkeypatch.setattr(trainer.Trainer, "step", step)
+    monkeypatch.setattr(
+        trainer.Trainer, "_read_loss", lambda self: reads.append(self.progress.epoch) or real_read(self)
+    )
+    j = job(m, "loss-reads", cfg=dataclasses.replace(TINY, epochs=2))
+    train.run(j, store, log=lambda s: None)
+    assert reads == [0, 1]  # at the end of each epoch, never per step
+    assert all(isinstance(loss, torch.Tensor) and loss.shape == () for _, loss, _ in steps)
+    lines = [json.loads(x) for x in store.get_text(j.keys.metrics).splitlines()]
+    for epoch, line in enumerate(lines):
+        mine = [(float(loss), n) for e, loss, n in steps if e == epoch]
+        assert line["train_loss"] == round(sum(loss * n for loss, n in mine) / sum(n for _, n in mine), 6)
+
+
 def test_a_job_with_result_json_is_skipped(prepared):
     store, m = prepared
     j = job(m, "skip")
