@@ -4,7 +4,7 @@ For each architecture x input size x batch size, with the trainer's own step
 (:meth:`jobs.training.trainer.Trainer.step`: bf16 autocast and channels-last on CUDA, focal loss in
 float32, AdamW, the schedule):
 
-- **pure step**: images/s with a batch already on the device (uint8, as the loader delivers it);
+- **pure step**: images/s on one real batch already on the device (uint8, as the loader delivers it);
 - **full path**: images/s of training steps fed by the run's loader (:class:`jobs.data.loader.RunLoader`)
   from shards in a local store, with ``--workers`` worker processes, shuffling and augmenting;
 - their ratio (the fraction of the step rate the loader sustains), and the peak device memory.
@@ -58,11 +58,11 @@ def make_trainer(store, manifest, arch: str, batch: int, workers: int, device, c
     return trainer
 
 
-def pure_step(trainer: Trainer, size: int, batch: int, warmup: int, steps: int) -> float:
-    """Images/s of the step on one batch already on the device."""
+def pure_step(trainer: Trainer, warmup: int, steps: int) -> float:
+    """Images/s of the step on one real batch (the loader's first) already on the device."""
     device = trainer.device
-    images = torch.randint(0, 256, (batch, 1, size, size), dtype=torch.uint8, device=device)
-    labels = (torch.rand(batch, 14, device=device) < 0.1).float()
+    images, labels, _ = next(trainer.batches("train", 0, train=True))  # starts the loader's workers
+    images, labels = images.to(device), labels.to(device)
     trainer.model.train()
     for _ in range(warmup):
         trainer.step(images, labels)
@@ -71,14 +71,15 @@ def pure_step(trainer: Trainer, size: int, batch: int, warmup: int, steps: int) 
     for _ in range(steps):
         trainer.step(images, labels)
     synchronize(device)
-    return batch * steps / (time.perf_counter() - start)
+    return len(images) * steps / (time.perf_counter() - start)
 
 
 def full_path(trainer: Trainer, batch: int, warmup: int, steps: int) -> float:
-    """Images/s of steps fed by the run's loader: one training pass, its first ``warmup`` batches untimed."""
+    """Images/s of steps fed by the run's loader: a new training pass (the workers already started),
+    its first ``warmup`` batches untimed (the shuffle buffer fills, the prefetch queue runs)."""
     trainer.model.train()
     start, timed, i = None, 0, -1
-    for i, (images, labels, _) in enumerate(trainer.batches("train", 0, train=True)):
+    for i, (images, labels, _) in enumerate(trainer.batches("train", 1, train=True)):
         if i == warmup:
             synchronize(trainer.device)
             start = time.perf_counter()
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--archs", default="densenet121,efficientnet_b2")
     ap.add_argument("--sizes", default=None, help="input sizes (default 224,256 on CUDA, 224 on the CPU)")
     ap.add_argument("--batches", default=None, help="batch sizes (default 32,64,128 on CUDA, 32 on the CPU)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 4 on the CPU)")
-    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 on CUDA, 2 on the CPU)")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps (default 50 on CUDA, 5 on the CPU)")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 10 on CUDA, 6 on the CPU)")
     ap.add_argument("--workers", type=int, default=2, help="loader worker processes of the full path")
     ap.add_argument("--compile", action="store_true", help="also measure the model under torch.compile")
     ap.add_argument("--dir", default=None, help="keep the synthetic data and shards here (default: a temp folder)")
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     cuda = device.type == "cuda"
     sizes = [int(s) for s in (args.sizes or ("224,256" if cuda else "224")).split(",")]
     batches = [int(b) for b in (args.batches or ("32,64,128" if cuda else "32")).split(",")]
-    steps = args.steps or (50 if cuda else 4)
-    warmup = args.warmup or (10 if cuda else 2)
+    steps = args.steps or (50 if cuda else 5)
+    warmup = args.warmup or (10 if cuda else 6)
     archs = args.archs.split(",")
     print(f"{device_name(device)}; {args.workers} loader workers; {warmup} warm-up + {steps} timed steps")
 
@@ -156,7 +157,7 @@ def measure(store, manifest, arch, size, batch, workers, device, compiled, warmu
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     with make_trainer(store, manifest, arch, batch, workers, device, compiled) as trainer:
-        pure = pure_step(trainer, size, batch, warmup, steps)
+        pure = pure_step(trainer, warmup, steps)
         full = full_path(trainer, batch, warmup, steps)
     memory = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else "n/a (CPU)"
     label = f"{arch} {size} px batch {batch}{' compiled' if compiled else ''}"

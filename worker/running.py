@@ -3,16 +3,19 @@
 :class:`JobLease` is the lease of the job, checked before every write the job makes to the store
 (:class:`jobs.store.fencing.FencedStore`) and renewed by the heartbeat. :class:`Monitor` is the
 heartbeat thread, the progress file, the cancel check and the SIGTERM handler.
+:func:`children_allowed` lets the job start its loader's worker processes.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from jobs.errors import BrokerUnreachable, DamagedArtifact, LeaseLost
 from jobs.spec.runs import JobSpec
@@ -20,6 +23,30 @@ from jobs.store import Store, layout
 from jobs.store.fencing import FencedStore
 from jobs.store.records import read_json, utc_timestamp
 from worker.coord import HELD, LOST, VANISHED, Coordinator, Lease
+
+
+@contextmanager
+def children_allowed() -> Iterator[None]:
+    """Let this process start processes while the block runs, though it is a pool child.
+
+    Celery's pool children are daemonic, and Python refuses a daemonic process children
+    (``AssertionError: daemonic processes are not allowed to have children``); and their authkey
+    is billiard's, which Python's spawn cannot pickle. So a run with ``training.num_workers`` > 0
+    failed on a worker. Here the flag is lifted and the key given Python's type for the block. The
+    loader's workers are daemonic processes of their own, stopped when the run ends (and when this
+    process dies: they watch their parent), so nothing is left behind; billiard never reads either
+    field (it keeps its own).
+    """
+    config = multiprocessing.current_process()._config
+    saved = dict(config)
+    config["daemon"] = False
+    if isinstance(config.get("authkey"), bytes):
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(config["authkey"]))
+    try:
+        yield
+    finally:
+        config.clear()
+        config.update(saved)
 
 
 def fence_token(store: Store, job: JobSpec) -> int | None:

@@ -62,7 +62,7 @@ from jobs.store.records import (
     write_error,
 )
 from worker.coord import open_coord
-from worker.running import JobLease, Monitor, take_lease
+from worker.running import JobLease, Monitor, children_allowed, take_lease
 
 # The worker's parent process imports this module: it must not import torch, so ``jobs.train`` and
 # ``jobs.aggregate`` are imported inside the tasks, in the pool's child.
@@ -464,7 +464,7 @@ def _attempt(task, settings, held: JobLease, attempt: int):
         return None, None
     lease = held.lease
     _log(f"{job.job_id}: attempt {attempt}/{settings.max_attempts} on {lease.owner} (fencing token {lease.token})")
-    with Monitor(settings, held.coord, held, task.request.id, _log) as monitor:
+    with Monitor(settings, held.coord, held, task.request.id, _log) as monitor, children_allowed():
         from jobs import train  # torch: only in the child process, under the heartbeat
 
         return train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch), monitor

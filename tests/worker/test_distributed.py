@@ -89,6 +89,42 @@ def test_sigkill_of_a_worker_mid_run_resumes_on_the_other_from_its_checkpoint(cl
     assert events[1]["t"] > killed_at  # the second training began after the first process was dead
 
 
+def _descendants(pid: int) -> list[int]:
+    parents = {}
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat)] = int(fields[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_a_run_with_loader_workers_trains_in_a_celery_pool_child_and_leaves_no_process(cluster, synthetic):
+    cluster.start_worker("a")
+    sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1]\n", extra=", num_workers: 2"))
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report")
+    (job,) = jobs_of(cluster.store(), sid)
+    assert cluster.status(sid)["runs"][0]["state"] == "succeeded", cluster.log("a")[-3000:]
+    assert epochs_logged(cluster.store(), job) == [1, 2]
+    assert "daemonic processes" not in cluster.log("a")
+    spawned = [p for p in _descendants(cluster.workers["a"].pid) if "spawn" in _cmdline(p)]
+    assert spawned == []  # the loader's workers ended with the run
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return ""  # it ended meanwhile
+
+
 def test_redis_flushed_mid_study_resume_completes_without_rerunning_finished_runs(cluster, synthetic):
     cluster.start_worker("a")
     sid = cluster.submit(cluster.study(synthetic, "test_resnet: [1, 2, 3]\n", epochs=4))

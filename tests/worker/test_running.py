@@ -12,7 +12,7 @@ from jobs.spec.study import expand, parse_study
 from jobs.store import LocalStore
 from jobs.store.records import write_result
 from worker.coord import HELD, FileCoord
-from worker.running import JobLease, take_lease
+from worker.running import JobLease, children_allowed, take_lease
 
 
 @pytest.fixture
@@ -128,3 +128,29 @@ def test_a_damaged_fence_record_never_matches_a_holder(world):
         a.check()  # the store cannot vouch for a: it does not take the job back
     b = take(store, coord, job, "b")
     assert b.lease.token == 1 and coord.holder(job.job_id) == "b"
+
+
+def _start_a_spawned_child() -> int:
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=time.sleep, args=(0,), daemon=True)
+    child.start()
+    child.join(60)
+    return child.exitcode
+
+
+def test_a_daemonic_pool_child_may_start_the_loader_workers_inside_children_allowed(monkeypatch):
+    import multiprocessing
+
+    import billiard.process
+
+    config = multiprocessing.current_process()._config
+    # What a Celery (billiard) pool child looks like to Python's multiprocessing.
+    monkeypatch.setitem(config, "daemon", True)
+    monkeypatch.setitem(config, "authkey", billiard.process.AuthenticationString(b"k" * 32))
+    with pytest.raises(AssertionError, match="daemonic processes are not allowed to have children"):
+        _start_a_spawned_child()
+    before = dict(config)
+    with children_allowed():
+        assert _start_a_spawned_child() == 0
+    assert config == before and type(config["authkey"]) is billiard.process.AuthenticationString

@@ -127,9 +127,9 @@ def test_a_job_with_result_json_is_skipped(prepared):
     assert not store.exists(j.keys.metrics)
 
 
-def test_killed_training_resumes_at_the_next_epoch_and_ends_as_if_uninterrupted(prepared, tmp_path):
-    store, m = prepared
-    cfg = TrainConfig(epochs=8, batch_size=16, lr=3e-3, warmup_epochs=0.2, patience=0)
+def _kill_after_two_epochs_and_resume(store, m, tmp_path, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Run ``python -m jobs.train`` (on CUDA when there is one), SIGKILL it once two epochs have
+    logged, resume in this process; returns the resumed run's result and an uninterrupted run's."""
     killed = job(m, "killed", cfg=cfg)
     (tmp_path / "job.json").write_text(json.dumps(killed.to_json()))
     proc = subprocess.Popen(
@@ -154,11 +154,55 @@ def test_killed_training_resumes_at_the_next_epoch_and_ends_as_if_uninterrupted(
     # Two epochs had logged metrics; the kill may land before epoch 2's last.pt: resume at 2 or 3, never 1.
     assert start_epoch in (2, 3)
     epochs = [json.loads(x)["epoch"] for x in store.get_text(metrics_key).splitlines()]
-    assert epochs == list(range(1, 9))
-    assert sum(1 for x in messages if ": epoch " in x and "train loss" in x) == 8 - start_epoch + 1
+    assert epochs == list(range(1, cfg.epochs + 1))
+    assert sum(1 for x in messages if ": epoch " in x and "train loss" in x) == cfg.epochs - start_epoch + 1
+    return resumed, train.run(job(m, "uninterrupted", cfg=cfg), store, log=lambda s: None)
 
-    uninterrupted = train.run(job(m, "uninterrupted", cfg=cfg), store, log=lambda s: None)
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on CUDA: test_a_killed_cuda_run_resumes_as_if_uninterrupted")
+def test_killed_training_resumes_at_the_next_epoch_and_ends_as_if_uninterrupted(prepared, tmp_path):
+    store, m = prepared
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=3e-3, warmup_epochs=0.2, patience=0)
+    resumed, uninterrupted = _kill_after_two_epochs_and_resume(store, m, tmp_path, cfg)
     assert resumed["test"] == uninterrupted["test"]
+
+
+# --- on a CUDA GPU (the device tool); skipped elsewhere -------------------------------------------
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DETERMINISTIC = dataclasses.replace(TINY, deterministic=True, num_workers=2)
+
+
+@cuda_only
+def test_a_cuda_run_says_cuda_and_deterministic_kernels_give_identical_metrics_twice(prepared):
+    store, m = prepared
+    a = train.run(job(m, "cuda-a", cfg=DETERMINISTIC), store, log=lambda s: None)
+    b = train.run(job(m, "cuda-b", cfg=DETERMINISTIC), store, log=lambda s: None)
+    assert a["device"] == "cuda" and a["test"] == b["test"] and a["val"] == b["val"]
+
+
+@cuda_only
+def test_the_focal_loss_is_float32_under_cuda_autocast(prepared, monkeypatch):
+    store, m = prepared
+    seen = []
+    real = trainer.create_loss
+
+    def recording(name, **args):
+        loss = real(name, **args)
+        forward = loss.forward
+        loss.forward = lambda logits, y: seen.append((logits.dtype, (out := forward(logits, y)).dtype)) or out
+        return loss
+
+    monkeypatch.setattr(trainer, "create_loss", recording)
+    train.run(job(m, "cuda-focal", cfg=dataclasses.replace(TINY, epochs=1)), store, log=lambda s: None)
+    assert seen and set(seen) == {(torch.bfloat16, torch.float32)}  # bf16 logits, float32 loss
+
+
+@cuda_only
+def test_a_killed_cuda_run_resumes_as_if_uninterrupted(prepared, tmp_path):
+    store, m = prepared
+    cfg = dataclasses.replace(DETERMINISTIC, epochs=8)
+    resumed, uninterrupted = _kill_after_two_epochs_and_resume(store, m, tmp_path, cfg)
+    assert resumed["device"] == "cuda" and resumed["test"] == uninterrupted["test"]
 
 
 def test_a_stop_inside_an_epoch_checkpoints_the_position_and_the_rerun_is_the_same_run(prepared):
