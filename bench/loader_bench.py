@@ -6,7 +6,7 @@ side by side in one process with OpenCV and torch on one thread each:
 - **naive**: what a loader without prepared shards does each epoch: read the 1024 px PNG, decode,
   CLAHE at native resolution, INTER_AREA resize to ``--image-size``;
 - **decode only**, per member: the PNG as prepare wrote it before format 3 (adaptive filters, read by
-  libpng) against format 3 (unfiltered rows, one ``zlib.decompress``), and ``.npy``;
+  libpng) against format 3 (unfiltered rows, one inflate by ISA-L), and ``.npy``;
 - **eval stream** (read, check, decode) and **train stream** (plus shuffle buffer and augmentation)
   over the shards, for ``png`` and ``npy`` shards;
 - **the run's loader** (:class:`jobs.data.loader.RunLoader`, training passes of batch ``--batch``)

@@ -32,10 +32,10 @@ def children_allowed() -> Iterator[None]:
     Celery's pool children are daemonic, and Python refuses a daemonic process children
     (``AssertionError: daemonic processes are not allowed to have children``); and their authkey
     is billiard's, which Python's spawn cannot pickle. So a run with ``training.num_workers`` > 0
-    failed on a worker. Here the flag is lifted and the key given Python's type for the block. The
-    loader's workers are daemonic processes of their own, stopped when the run ends (and when this
-    process dies: they watch their parent), so nothing is left behind; billiard never reads either
-    field (it keeps its own).
+    failed on a worker. Here the flag is lifted and the key given Python's type for the block, then
+    both are put back (billiard makes its process object Python's current one, so the two share
+    this config). The loader's workers are daemonic processes of their own, stopped when the run
+    ends (and when this process dies: they watch their parent), so nothing is left behind.
     """
     config = multiprocessing.current_process()._config
     saved = dict(config)

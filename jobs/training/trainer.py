@@ -182,6 +182,7 @@ class Trainer:
             pin_memory=self.cuda,
         )
         self._loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # this epoch's loss x images
+        self._read_count = 0  # images covered by progress.partial_loss, as of its last read
 
     def __enter__(self) -> Trainer:
         return self
@@ -297,6 +298,7 @@ class Trainer:
         self.model.train()
         done = p.step
         self._loss_sum.fill_(p.partial_loss)  # summed in step order, as a resumed epoch's checkpoint holds it
+        self._read_count = p.partial_count
         start = last_log = last_read = time.monotonic()
         for step, (images, labels, _) in enumerate(self.batches("train", epoch, train=True), start=1):
             if step <= done:
@@ -333,13 +335,15 @@ class Trainer:
         the same number however often it was read, and the same after a resume.
         """
         self.progress.partial_loss = self._loss_sum.item()
+        self._read_count = self.progress.partial_count  # the images that sum covers
         return time.monotonic()
 
     def _stop_requested(self, on_step: StepHook, epoch: int) -> bool:
         """Tell ``on_step`` the position; on "checkpoint" save ``last.pt`` here. True to stop the run.
 
-        The ``train_loss`` it is told is as of the last read of the loss (at most
-        :data:`LOSS_READ_EVERY_S` old); a checkpoint reads it first, so ``last.pt`` holds it exact.
+        The ``train_loss`` it is told is the mean as of the last read of the loss (at most
+        :data:`LOSS_READ_EVERY_S` old; None before the epoch's first read); a checkpoint reads it
+        first, so ``last.pt`` holds it exact.
         """
         p = self.progress
         directive = on_step(
@@ -348,7 +352,7 @@ class Trainer:
                 "epochs": self.cfg.epochs,
                 "step": p.step,
                 "steps": self.steps_per_epoch,
-                "train_loss": round(p.partial_loss / p.partial_count, 6),
+                "train_loss": round(p.partial_loss / self._read_count, 6) if self._read_count else None,
             }
         )
         if directive == "checkpoint":

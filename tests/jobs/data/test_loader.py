@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from jobs import prepare
-from jobs.data.loader import RunLoader, ShardStream, SplitBatches, augment, batched, make_loader
+from jobs.data.loader import RunLoader, ShardStream, SplitBatches, augment, batched, exposure, make_loader
 from jobs.errors import DamagedArtifact
 from jobs.spec.configs import AugmentConfig, PrepConfig
 from jobs.store import LocalStore, open_store
@@ -127,4 +127,15 @@ def test_batches_are_the_collation_of_the_sample_stream_in_this_process(prepared
     stream = _stream(store, m, "train", seed=5, epoch=0, shuffle=True, augment=AugmentConfig(), buffer_size=50)
     built = list(batched(stream.arrays(), 16, drop_last=False))
     assert _same_batches(_batches(built), _batches(make_loader(stream, 16)))
-    assert [len(names) for _, _, names in built][-1] == m["splits"]["train"]["images"] % 16 or 16
+    assert [len(names) for _, _, names in built][-1] == (m["splits"]["train"]["images"] % 16 or 16)
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (224, 224), (61, 97)])
+def test_the_exposure_table_gives_each_pixel_the_float32_formulas_value(shape):
+    rng = np.random.default_rng(sum(shape))
+    for _ in range(40):
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        gain, shift = rng.uniform(0.5, 1.5), rng.uniform(-80, 80)
+        mean = float(img.mean())
+        expected = np.clip((img.astype(np.float32) - mean) * gain + mean + shift, 0, 255).astype(np.uint8)
+        assert np.array_equal(exposure(img, gain, shift), expected)

@@ -38,6 +38,12 @@ def test_png_members_are_unfiltered_and_read_without_libpng_and_other_pngs_still
         expected = cv2.imdecode(np.frombuffer(other, np.uint8), cv2.IMREAD_GRAYSCALE)
         assert np.array_equal(shards.decode_pixels(other, "png"), expected), name
     assert shards.decode_pixels(b"not a png", "png") is None
+    # A header that promises fewer pixels than the data inflates to, or none at all: not read by the fast path.
+    small = bytearray(data)
+    small[16:24] = (3).to_bytes(4, "big") + (2).to_bytes(4, "big")
+    empty = bytearray(data)
+    empty[16:20] = (0).to_bytes(4, "big")
+    assert shards._unfiltered_png(bytes(small)) is None and shards._unfiltered_png(bytes(empty)) is None
 
 
 def test_a_failed_png_encoding_raises(monkeypatch):

@@ -82,7 +82,7 @@ def test_loader_workers_start_once_a_run_and_train_the_same_run_as_none(prepared
     started = []
     real_start = multiprocessing.context.SpawnProcess.start
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", lambda p: started.append(p) or real_start(p))
-    cfg = dataclasses.replace(TINY, bn_recalibrate=2)
+    cfg = dataclasses.replace(TINY, bn_recalibrate=2, drop_rate=0.3)  # dropout: the global RNG must match too
     inline = train.run(job(m, "workers-0", cfg=cfg), store, log=lambda s: None)
     assert started == []
     pooled = train.run(job(m, "workers-1", cfg=dataclasses.replace(cfg, num_workers=1)), store, log=lambda s: None)
@@ -115,6 +115,20 @@ def test_the_training_loss_stays_on_the_device_and_is_read_once_an_epoch(prepare
     for epoch, line in enumerate(lines):
         mine = [(float(loss), n) for e, loss, n in steps if e == epoch]
         assert line["train_loss"] == round(sum(loss * n for loss, n in mine) / sum(n for _, n in mine), 6)
+
+
+def test_the_step_hook_is_told_the_mean_loss_as_of_the_last_read(prepared, monkeypatch):
+    store, m = prepared
+    monkeypatch.setattr(trainer, "LOSS_READ_EVERY_S", 0.0)  # a read after every step
+    losses, told = [], []
+    real_step = trainer.Trainer.step
+    monkeypatch.setattr(
+        trainer.Trainer, "step", lambda self, x, y: losses.append((float(out := real_step(self, x, y)), len(x))) or out
+    )
+    j = job(m, "hook-loss", cfg=dataclasses.replace(TINY, epochs=1))
+    train.run(j, store, log=lambda s: None, on_step=lambda p: told.append(p["train_loss"]))
+    means = [sum(a * n for a, n in losses[: k + 1]) / sum(n for _, n in losses[: k + 1]) for k in range(len(losses))]
+    assert told == [round(x, 6) for x in means]
 
 
 def test_a_job_with_result_json_is_skipped(prepared):
@@ -195,6 +209,23 @@ def test_the_focal_loss_is_float32_under_cuda_autocast(prepared, monkeypatch):
     monkeypatch.setattr(trainer, "create_loss", recording)
     train.run(job(m, "cuda-focal", cfg=dataclasses.replace(TINY, epochs=1)), store, log=lambda s: None)
     assert seen and set(seen) == {(torch.bfloat16, torch.float32)}  # bf16 logits, float32 loss
+
+
+@cuda_only
+def test_training_steps_never_wait_for_the_device(prepared):
+    store, m = prepared
+    with trainer.Trainer(job(m, "cuda-sync", cfg=TINY), store, torch.device("cuda"), log=lambda s: None) as t:
+        images, labels, _ = next(t.batches("train", 0, train=True))
+        images, labels = images.cuda(), labels.cuda()
+        t.step(images, labels)  # the first step may allocate and autotune
+        total = torch.zeros((), dtype=torch.float64, device="cuda")
+        torch.cuda.set_sync_debug_mode("error")  # any host-device synchronisation raises
+        try:
+            for _ in range(3):
+                total += t.step(images, labels).double() * len(images)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert total.item() > 0
 
 
 @cuda_only
