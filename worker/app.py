@@ -23,6 +23,8 @@ from kombu import Queue
 from worker.coord import local_folder
 from worker.settings import Settings
 
+UNACKED_MUTEX_EXPIRE = 10  # seconds; see broker_config
+
 TASK_QUEUES = {
     "cxrstudy.prepare": "cpu",
     "cxrstudy.prepare_shard": "cpu",
@@ -48,6 +50,10 @@ def broker_config(settings: Settings) -> tuple[str, dict]:
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": settings.restore_interval,
         "unacked_restore_throttle": 1,
+        # The restore sweep runs under a Redis lock that kombu keeps for 300 s: a worker killed (or
+        # Redis restarted) while it held it stopped every redelivery for five minutes. A sweep takes
+        # milliseconds, and each restore is a WATCH transaction, so a short lock is safe.
+        "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE,
         "socket_connect_timeout": 5,
         "socket_timeout": 60,
         "health_check_interval": 30,

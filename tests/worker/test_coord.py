@@ -305,3 +305,31 @@ def test_the_broker_says_which_train_jobs_it_holds(redis_url):
     assert coord.queued_jobs() == {"job-a", "job-b"}
     coord.r.delete("gpu", "cpu")
     assert coord.queued_jobs() == set()
+
+
+def test_a_restore_lock_left_by_a_dead_worker_holds_redelivery_back_seconds_not_minutes(redis_url):
+    """A worker SIGKILLed inside kombu's restore sweep (or Redis restarted during it) leaves the sweep's
+    lock behind; with kombu's default of 300 s no unacked message came back for five minutes."""
+    from kombu import Connection
+
+    from worker.app import broker_config
+
+    url, options = broker_config(Settings(broker_url=redis_url, visibility_timeout=1, restore_interval=1))
+    queue = f"mutex-{time.time_ns()}"
+    with Connection(url, transport_options=options) as dead, Connection(url, transport_options=options) as live:
+        dead.SimpleQueue(queue).put({"job": 1})
+        taken = dead.SimpleQueue(queue).get(timeout=5)  # delivered, never acknowledged: its worker dies
+        channel = dead.default_channel
+        lock = channel.client.lock(channel.unacked_mutex_key, timeout=channel.unacked_mutex_expire)  # as kombu does
+        assert lock.acquire(blocking=False)  # ... inside the restore sweep, holding its lock
+        assert taken.payload == {"job": 1}
+        sweeper = live.default_channel
+        started = time.monotonic()
+        while sweeper.client.llen(queue) == 0:
+            assert time.monotonic() - started < 20, "the message was not redelivered"
+            sweeper.qos.restore_visible(num=10, interval=1)
+            time.sleep(0.5)
+        assert time.monotonic() - started >= 1  # held back while the lock lived, then given back
+        again = live.SimpleQueue(queue).get(timeout=5)
+        assert again.payload == {"job": 1}
+        again.ack()
