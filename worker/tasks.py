@@ -467,7 +467,8 @@ def _attempt(task, settings, held: JobLease, attempt: int):
     with Monitor(settings, held.coord, held, task.request.id, _log) as monitor, children_allowed():
         from jobs import train  # torch: only in the child process, under the heartbeat
 
-        return train.run(job, store, log=_log, on_step=monitor.on_step, on_epoch=monitor.on_epoch), monitor
+        hooks = {"on_step": monitor.on_step, "on_epoch": monitor.on_epoch}
+        return train.run(job, store, log=_log, worker=lease.owner, attempt=attempt, **hooks), monitor
 
 
 @worker_shutting_down.connect

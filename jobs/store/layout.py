@@ -198,6 +198,10 @@ class JobKeys:
         return f"{self.prefix}/fence.json"
 
     @property
+    def provenance(self) -> str:  # versions, hardware, attempts and seconds of the run
+        return f"{self.prefix}/provenance.json"
+
+    @property
     def metrics(self) -> str:  # one line per finished epoch
         return f"{self.prefix}/metrics.jsonl"
 

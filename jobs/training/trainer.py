@@ -10,6 +10,7 @@ checkpoint); :meth:`Trainer.run_epoch` is one epoch (train, validate, keep the b
     predictions_val.csv      per-image probabilities (and labels) on validation, from best.pt
     predictions_test.csv     the same on test: the input of ensembles, CIs and significance tests
     result.json              test loss, per-class AUROC and F1 (thresholds chosen on validation)
+    provenance.json          versions, GPU, host, determinism, data digest, attempts and seconds (:mod:`.provenance`)
 
 ``result.json`` is written last and marks the job done: a re-run skips it. ``last.pt`` present
 means resume at the next epoch (from ``last.prev.pt`` when it cannot be read: :mod:`.checkpoints`).
@@ -39,7 +40,7 @@ from jobs.scoring.predictions import predictions_csv
 from jobs.spec.runs import JobSpec
 from jobs.store import Store
 from jobs.store.records import read_json, write_result
-from jobs.training import checkpoints
+from jobs.training import checkpoints, provenance
 from jobs.training.checkpoints import RunProgress
 from jobs.training.losses import create_loss
 from jobs.training.models import GRAY_MEAN, GRAY_STD, create_model
@@ -80,6 +81,8 @@ def run(
     log: Callable[[str], None] = print,
     on_epoch: EpochHook | None = None,
     on_step: StepHook | None = None,
+    worker: str | None = None,
+    attempt: int | None = None,
 ) -> dict | None:
     """Train, validate and test one run; returns ``result.json``'s content, or None when ``on_step``
     stopped it (the checkpoint then holds the position; a re-run continues from there).
@@ -91,12 +94,13 @@ def run(
         log: receives one line per start, epoch and end (and every ``LOG_EVERY_S`` inside an epoch).
         on_epoch: receives each finished epoch's metrics.jsonl record.
         on_step: receives the position after every step; its answer can stop the run (see ``StepHook``).
+        worker, attempt: who runs this attempt and its number, for ``provenance.json``.
     """
     if (done := read_json(store, job.keys.result)) is not None:  # a damaged one raises, naming it
         log(f"{job.job_id}: result.json exists; skipped")
         return done
     with Trainer(job, store, device or pick_device(), log) as trainer:
-        trainer.start_or_resume()
+        trainer.start_or_resume(worker, attempt)
         started = time.monotonic()
         for epoch in range(trainer.progress.epoch, job.training.epochs):
             if trainer.out_of_patience():
@@ -209,9 +213,12 @@ class Trainer:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.cuda and self.cfg.amp)
 
     # --- the run ------------------------------------------------------------------------------
-    def start_or_resume(self) -> None:
-        """Continue from ``last.pt`` (else ``last.prev.pt``) if one can be read; log where the run starts."""
+    def start_or_resume(self, worker: str | None = None, attempt: int | None = None) -> None:
+        """Continue from ``last.pt`` (else ``last.prev.pt``) if one can be read; log where the run
+        starts; record the attempt in ``provenance.json``."""
         job, cfg, parts = self.job, self.cfg, (self.model, self.optimizer, self.scheduler)
+        self.provenance = provenance.start(self.store, job, self.device, worker, attempt)
+        self.attempt_started = time.monotonic()
         resumed = checkpoints.load_last(self.store, job, self.device, *parts, log=self.log)
         checkpoints.truncate_metrics(self.store, job, resumed.progress.epoch if resumed else 0)  # to be run again
         if resumed is not None:
@@ -264,6 +271,7 @@ class Trainer:
         checkpoints.append_metrics(self.store, job, record)
         p.epoch = epoch + 1
         self.save_last()
+        provenance.lap(self.store, job, self.provenance, time.monotonic() - self.attempt_started)
         self.log(
             f"{job.job_id}: epoch {epoch + 1}/{cfg.epochs} train loss {train_loss:.4f} val loss {val.loss:.4f} "
             f"val AUROC {nanmean(val_auroc):.4f}{' (best)' if improved else ''} [{record['seconds']:.0f}s]"
@@ -442,6 +450,7 @@ class Trainer:
         }
         for split, ev in (("val", val), ("test", test)):
             self.store.put_text(job.keys.predictions(split), predictions_csv(ev.names, ev.probs, ev.labels))
+        provenance.finish(self.store, job, self.provenance, time.monotonic() - self.attempt_started)
         write_result(self.store, job, result)
         self.log(
             f"{job.job_id}: test loss {test.loss:.4f} Avg AUROC {test_summary['avg_auroc']:.4f} "

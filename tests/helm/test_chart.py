@@ -165,6 +165,9 @@ def test_hardened_security_context_everywhere(helm, tmp_path):
             assert spec["automountServiceAccountToken"] is False, component
     worker_env = {e["name"]: e for e in pods["gpu-worker"]["spec"]["containers"][0]["env"]}
     assert worker_env["XDG_CACHE_HOME"]["value"] == "/cache" and worker_env["HOME"]["value"] == "/tmp/home"
+    # What provenance.json records of where a run ran: the image and the pod.
+    assert worker_env["CXRSTUDY_IMAGE"]["value"] == pods["gpu-worker"]["spec"]["containers"][0]["image"]
+    assert worker_env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
 
 
 def _all_env(docs):

@@ -73,6 +73,12 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{/* Store, S3 credentials (Secret keys only) and the worker settings. */}}
 {{- define "cxrstudy.env" -}}
 {{ include "cxrstudy.brokerEnv" . }}
+- name: CXRSTUDY_IMAGE
+  value: {{ include "cxrstudy.image" . | quote }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
 - name: CXRSTUDY_STORE
   value: {{ .Values.store.uri | quote }}
 - name: AWS_REGION

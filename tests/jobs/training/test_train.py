@@ -2,16 +2,20 @@
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import os
+import platform
 import signal
+import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from jobs import train
@@ -64,6 +68,28 @@ def test_run_outputs_and_thresholds_from_validation_only(prepared, monkeypatch):
     assert [result["test"]["auroc"][c] for c in CLASSES] == pytest.approx(auroc, abs=1e-5)
     assert result["test"]["avg_auroc"] == pytest.approx(auroc.mean(), abs=1e-5)
     assert result["test"]["avg_auroc"] > 0.6  # it learned something in 3 short epochs
+
+    record = json.loads(store.get_text(j.keys.provenance))
+    env = record["environment"]
+    assert (env["torch"], env["timm"], env["python"]) == (
+        torch.__version__,
+        timm.__version__,
+        platform.python_version(),
+    )
+    assert env["gpu"] is None and env["host"] == socket.gethostname()
+    assert (
+        record["data"]["manifest_sha256"] == hashlib.sha256(store.get_bytes(f"{m['prefix']}/manifest.json")).hexdigest()
+    )
+    assert record["determinism"] == {
+        "deterministic": False,
+        "cudnn_benchmark": False,
+        "amp": False,
+        "channels_last": False,
+    }
+    (attempt,) = record["attempts"]
+    assert attempt["attempt"] == 1 and attempt["device"] == "cpu" and attempt["ended"] == record["ended"]
+    assert record["status"] == "succeeded" and record["wall_seconds"] == attempt["seconds"] > 0
+    assert record["gpu_seconds"] == 0
 
 
 def test_same_seed_gives_identical_metrics_and_another_seed_differs(prepared):
@@ -179,6 +205,13 @@ def test_killed_training_resumes_at_the_next_epoch_and_ends_as_if_uninterrupted(
     cfg = TrainConfig(epochs=8, batch_size=16, lr=3e-3, warmup_epochs=0.2, patience=0)
     resumed, uninterrupted = _kill_after_two_epochs_and_resume(store, m, tmp_path, cfg)
     assert resumed["test"] == uninterrupted["test"]
+    record = json.loads(store.get_text(job(m, "killed", cfg=cfg).keys.provenance))
+    killed, finished = record["attempts"]
+    assert [killed["attempt"], finished["attempt"]] == [1, 2]
+    assert killed["ended"] is None and killed["seconds"] > 0  # counted up to its last finished epoch
+    assert finished["ended"] == record["ended"] and record["wall_seconds"] == round(
+        killed["seconds"] + finished["seconds"], 1
+    )
 
 
 # --- on a CUDA GPU (the device tool); skipped elsewhere -------------------------------------------
@@ -192,6 +225,9 @@ def test_a_cuda_run_says_cuda_and_deterministic_kernels_give_identical_metrics_t
     a = train.run(job(m, "cuda-a", cfg=DETERMINISTIC), store, log=lambda s: None)
     b = train.run(job(m, "cuda-b", cfg=DETERMINISTIC), store, log=lambda s: None)
     assert a["device"] == "cuda" and a["test"] == b["test"] and a["val"] == b["val"]
+    record = json.loads(store.get_text(job(m, "cuda-a", cfg=DETERMINISTIC).keys.provenance))
+    assert record["environment"]["gpu"]["name"] == torch.cuda.get_device_name()
+    assert record["determinism"]["deterministic"] is True and record["gpu_seconds"] == record["wall_seconds"] > 0
 
 
 @cuda_only
