@@ -28,6 +28,7 @@ import subprocess
 
 import torch
 
+from jobs.errors import DamagedArtifact
 from jobs.spec.runs import JobSpec
 from jobs.store import Store, layout
 from jobs.store.records import read_json, utc_timestamp, write_json
@@ -97,7 +98,10 @@ def manifest_digest(store: Store, prefix: str) -> str:
 def start(store: Store, job: JobSpec, device: torch.device, worker: str | None, attempt: int | None) -> dict:
     """Record an attempt's start (the run's first, or another after a kill or a retry); returns the record."""
     cfg = job.training
-    record = read_json(store, job.keys.provenance) or {}
+    try:
+        record = read_json(store, job.keys.provenance) or {}
+    except DamagedArtifact:  # a record is evidence, never a reason to fail the run: start it again
+        record = {}
     attempts = record.get("attempts", [])
     now = utc_timestamp()
     record.update(

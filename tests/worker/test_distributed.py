@@ -82,7 +82,9 @@ def test_sigkill_of_a_worker_mid_run_resumes_on_the_other_from_its_checkpoint(cl
     resumed = [ln for ln in cluster.log(survivor).splitlines() if "resuming from checkpoints/last.pt" in ln]
     assert len(resumed) == 1
     start_epoch = int(resumed[0].split("at epoch ")[1].split("/")[0])
-    assert start_epoch >= 3  # two epochs had finished: not repeated from zero
+    # Two epochs had logged metrics; the kill may land between epoch 2's metrics line and its last.pt:
+    # resumed at epoch 2 or 3, never repeated from the start.
+    assert start_epoch in (2, 3)
     events = lease_events(cluster, job.job_id)
     assert [e["event"] for e in events] == ["acquire", "acquire", "release"]
     assert events[0]["owner"] == holder and events[1]["owner"] != holder
