@@ -102,7 +102,9 @@ def start(store: Store, job: JobSpec, device: torch.device, worker: str | None, 
         record = read_json(store, job.keys.provenance) or {}
     except DamagedArtifact:  # a record is evidence, never a reason to fail the run: start it again
         record = {}
-    attempts = record.get("attempts", [])
+    attempts = record.get("attempts", []) if isinstance(record, dict) else None
+    if not isinstance(attempts, list) or not all(_attempt_entry(a) for a in attempts):
+        record, attempts = {}, []  # JSON, but not a record this module wrote
     now = utc_timestamp()
     record.update(
         {
@@ -157,6 +159,15 @@ def finish(store: Store, job: JobSpec, record: dict, seconds: float) -> dict:
     record["ended"], record["status"] = current["ended"], "succeeded"
     lap(store, job, record, seconds)
     return record
+
+
+def _attempt_entry(entry) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("device"), str)
+        and isinstance(entry.get("seconds"), (int, float))
+        and not isinstance(entry.get("seconds"), bool)
+    )
 
 
 def _totals(record: dict) -> None:

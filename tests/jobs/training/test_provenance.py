@@ -31,7 +31,8 @@ def test_each_attempt_is_an_entry_and_the_totals_count_gpu_seconds_apart(prepare
 def test_a_damaged_record_is_started_again_not_a_failed_run(prepared):
     store, m = prepared
     job = _job(m)
-    store.put_text(job.keys.provenance, "{not json")
-    record = provenance.start(store, job, torch.device("cpu"), "w1", 3)
-    assert [a["attempt"] for a in record["attempts"]] == [3]
-    assert json.loads(store.get_text(job.keys.provenance))["status"] == "running"
+    for damaged in ("{not json", "[1, 2]", '{"attempts": [{"seconds": "long"}]}', '{"attempts": 7}'):
+        store.put_text(job.keys.provenance, damaged)
+        record = provenance.start(store, job, torch.device("cpu"), "w1", 3)
+        assert [a["attempt"] for a in record["attempts"]] == [3], damaged
+        assert json.loads(store.get_text(job.keys.provenance))["status"] == "running"
