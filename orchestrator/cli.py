@@ -90,6 +90,11 @@ def _add_report_commands(sub) -> None:
         "ARCH:SEED (one run) or a baseline's name; repeatable",
     )
     p.add_argument("--resamples", type=int, help="bootstrap resamples for the 95%% intervals (default 1000)")
+    p.add_argument(
+        "--bootstrap-unit",
+        choices=("patient", "image"),
+        help="what a bootstrap resample draws: patients with all their test images (default) or single images",
+    )
     p.add_argument("--out", help="also download report.md, the CSVs, report.json and figures/ into this folder")
     p.set_defaults(func=commands.cmd_report)
 

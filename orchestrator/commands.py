@@ -195,6 +195,7 @@ def cmd_report(args) -> None:
         compare=args.compare or [],
         resamples=args.resamples,
         log=log,
+        bootstrap_unit=args.bootstrap_unit,
     )
     print(distributed.results(args.study_id, settings, args.out))
     if args.out:

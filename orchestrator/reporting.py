@@ -14,6 +14,7 @@ from collections.abc import Callable
 from jobs import aggregate
 from jobs.errors import ConfigError
 from jobs.report.options import check_baseline_name, load_options, save_options, stored_baselines
+from jobs.spec.configs import BOOTSTRAP_UNITS, MIN_RESAMPLES
 from jobs.spec.runs import JobSpec
 from jobs.store import Store, layout
 from jobs.store.records import read_study, study_jobs
@@ -42,6 +43,7 @@ def report(
     compare: list[list[str]] = (),
     resamples: int | None = None,
     log: Callable[[str], None] = print,
+    bootstrap_unit: str | None = None,
 ) -> str:
     """Add baselines and comparisons to a study's report options, re-aggregate; returns report.md's text."""
     named = [parse_baseline_option(option) for option in baselines]  # the flags' own text first
@@ -49,9 +51,13 @@ def report(
     files = [read_baseline(name, location) for name, location in named]
     options = load_options(store, sid)
     if resamples is not None:
-        if resamples < 100:
-            raise ConfigError(f"--resamples {resamples}: use at least 100 (1,000 is the default)")
+        if resamples < MIN_RESAMPLES:
+            raise ConfigError(f"--resamples {resamples}: use at least {MIN_RESAMPLES} (1,000 is the default)")
         options.resamples = resamples
+    if bootstrap_unit is not None:
+        if bootstrap_unit not in BOOTSTRAP_UNITS:
+            raise ConfigError(f"--bootstrap-unit {bootstrap_unit}: use one of {', '.join(BOOTSTRAP_UNITS)}")
+        options.bootstrap_unit = bootstrap_unit
     known = scorer_names(store, sid, jobs, [name for name, *_ in files])
     for name, *_ in files:
         if name in {j.architecture for j in jobs}:

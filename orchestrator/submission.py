@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.data.manifest import plan
-from jobs.report.options import keep_baseline
+from jobs.report.options import keep_baseline, load_options, save_options
 from jobs.scoring.predictions import read_location, read_prediction_csv
 from jobs.spec.runs import JobSpec
 from jobs.spec.study import Study, expand, study_id
@@ -40,6 +40,18 @@ def keep_baselines(
         log(f"study {sid}: baseline {name} ({rows:,} rows of {where}) kept for the report")
 
 
+def keep_report_settings(store: Store, sid: str, study: Study) -> None:
+    """The study file's ``report:`` settings, kept with the study's report options (what it leaves unset
+    keeps what ``cxrstudy report`` stored before)."""
+    settings = study.report
+    if settings.bootstrap_unit is None and settings.resamples is None:
+        return
+    options = load_options(store, sid)
+    options.bootstrap_unit = settings.bootstrap_unit or options.bootstrap_unit
+    options.resamples = settings.resamples or options.resamples
+    save_options(store, sid, options)
+
+
 @dataclass(frozen=True)
 class Registered:
     study_id: str
@@ -54,6 +66,7 @@ def register(study: Study, store: Store, log: Callable[[str], None] = print) -> 
     sid = study_id(study, data_prefix.rsplit("/", 1)[-1])
     jobs = expand(study, sid, data_prefix)
     keep_baselines(store, sid, baselines, log)
+    keep_report_settings(store, sid, study)
     write_study(store, study.spec(), sid, data_prefix, jobs, study.source)
     log(f"study {sid}: {len(jobs)} runs ({', '.join(f'{g.architecture} x {len(g.seeds)}' for g in study.runs)})")
     return Registered(sid, data_prefix, jobs)

@@ -60,7 +60,7 @@ def exposure(img: np.ndarray, gain: float, shift: float) -> np.ndarray:
 
 
 class ShardStream(IterableDataset):
-    """``(image uint8 [1,H,W], labels float32 [14], image name)`` from a split's shards.
+    """``(image uint8 [1,H,W], labels float32 [14], image name, patient id)`` from a split's shards.
 
     Args:
         store_uri: the store holding the shards (a URI, so each worker opens its own client).
@@ -98,8 +98,8 @@ class ShardStream(IterableDataset):
             with store.open(key) as stream:
                 yield from read_shard(stream, self.encoding, store.url(key), entry)
 
-    def arrays(self) -> Iterator[tuple[np.ndarray, tuple[int, ...], str]]:
-        """``(pixels uint8 [H,W], labels, image name)`` of this process's share of the shards, in order."""
+    def arrays(self) -> Iterator[tuple[np.ndarray, tuple[int, ...], str, int]]:
+        """``(pixels uint8 [H,W], labels, image name, patient id)`` of this process's share of the shards, in order."""
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         rng = np.random.default_rng([self.seed, self.epoch, worker])
@@ -108,40 +108,43 @@ class ShardStream(IterableDataset):
             samples = _shuffled(samples, rng, self.buffer_size)
         augmenting = self.augment is not None and self.augment.enabled
         for s in samples:
-            yield (augment(s.pixels, rng, self.augment) if augmenting else s.pixels), s.labels, s.image
+            yield (augment(s.pixels, rng, self.augment) if augmenting else s.pixels), s.labels, s.image, s.patient
 
     def __iter__(self):
-        for pixels, labels, image in self.arrays():
+        for pixels, labels, image, patient in self.arrays():
             yield (
                 torch.from_numpy(np.ascontiguousarray(pixels))[None],
                 torch.tensor(labels, dtype=torch.float32),
                 image,
+                patient,
             )
 
 
 def batched(samples: Iterable, batch_size: int, drop_last: bool) -> Iterator:
-    """``(images uint8 [B,1,H,W], labels float32 [B,14], names)`` from :meth:`ShardStream.arrays`: the
-    batches DataLoader's collation makes of that stream's tensors, built with one copy per batch."""
-    pixels, labels, names = [], [], []
-    for p, y, name in samples:
+    """``(images uint8 [B,1,H,W], labels float32 [B,14], names, patients)`` from :meth:`ShardStream.arrays`:
+    the batches DataLoader's collation makes of that stream's tensors (patients as a list of ints), built
+    with one copy per batch."""
+    pixels, labels, names, patients = [], [], [], []
+    for p, y, name, patient in samples:
         pixels.append(p)
         labels.append(y)
         names.append(name)
+        patients.append(patient)
         if len(names) == batch_size:
-            yield _collated(pixels, labels, names)
-            pixels, labels, names = [], [], []
+            yield _collated(pixels, labels, names, patients)
+            pixels, labels, names, patients = [], [], [], []
     if names and not drop_last:
-        yield _collated(pixels, labels, names)
+        yield _collated(pixels, labels, names, patients)
 
 
-def _collated(pixels: list, labels: list, names: list) -> tuple:
+def _collated(pixels: list, labels: list, names: list, patients: list) -> tuple:
     shape = (len(pixels), 1, *pixels[0].shape)
     if get_worker_info() is None:
         images = torch.from_numpy(np.stack(pixels).reshape(shape))
     else:  # stacked straight into shared memory, which the queue then hands over without a copy
         images = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(math.prod(shape))).view(shape)
         np.stack(pixels, out=images.numpy()[:, 0])
-    return images, torch.from_numpy(np.asarray(labels, dtype=np.float32)), names
+    return images, torch.from_numpy(np.asarray(labels, dtype=np.float32)), names, patients
 
 
 def _shuffled(items: Iterator, rng: np.random.Generator, size: int) -> Iterator:

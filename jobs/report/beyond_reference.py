@@ -12,14 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from jobs.errors import CxrStudyError
 from jobs.report import comparison, figures, seeds
 from jobs.report.baselines import BaselineScore, score_predictions
 from jobs.report.options import ReportOptions, stored_baselines
 from jobs.report.tables import display_name
-from jobs.scoring.bootstrap import resample_counts
+from jobs.scoring.bootstrap import Resampling, resampling
 from jobs.scoring.metrics import nanmean
 from jobs.scoring.predictions import Predictions, read_prediction_csv
 from jobs.store import Store
@@ -43,10 +41,14 @@ def beyond_reference(
         "seeds and architectures is noise.",
     ]
     files: dict[str, list[list]] = {}
-    results, scorers = per_architecture(inputs, options.resamples, text, files, structured)
+    bootstrap = StudyBootstrap(inputs, options.bootstrap_unit, options.resamples)
+    if note := bootstrap.fallback_note():
+        text.append(note)
+    results, scorers = per_architecture(inputs, bootstrap, text, files, structured)
+    structured["bootstrap"] = bootstrap.structured(results)
     log(
-        f"aggregate: {sum(len(r) for _, r in inputs)} runs' bootstrap intervals ({options.resamples:,} resamples) "
-        f"and ensembles in {time.monotonic() - started:.1f}s"
+        f"aggregate: {sum(len(r) for _, r in inputs)} runs' bootstrap intervals ({options.resamples:,} resamples "
+        f"by {bootstrap.unit}) and ensembles in {time.monotonic() - started:.1f}s"
     )
     ensembles = [r.ensemble for _, r in results]
     if len(ensembles) > 1:
@@ -60,7 +62,7 @@ def beyond_reference(
         scorers[b.name] = comparison.Scorer(b.name, Predictions(b.names, b.probs, b.labels))
     if baselines:
         seed_auroc = {r.ensemble.name: r.test_auroc for _, r in results}
-        section, extra, info = comparison.baseline_section(baselines, ensembles, seed_auroc, options.resamples)
+        section, extra, info = comparison.baseline_section(baselines, ensembles, seed_auroc, bootstrap)
         text.append(section)
         files.update(extra)
         structured["baselines"] = info
@@ -80,22 +82,70 @@ def beyond_reference(
     return "\n\n".join(text), files, pngs
 
 
+class StudyBootstrap:
+    """The study's bootstrap resamples of any set of its test images, by the unit the options ask for.
+
+    The patient of each test image comes from the runs' predictions files. Runs written before those
+    files had the column give none, and the patient unit then falls back to images (the report says so).
+    The same set of images always gets the same resamples, so every run and ensemble is paired.
+    """
+
+    def __init__(self, inputs: list[tuple[str, list[seeds.RunPredictions]]], unit: str, resamples: int):
+        self.asked, self.resamples = unit, resamples
+        self.patient_of = study_patients(inputs)
+        self.unit = unit if self.patient_of is not None else "image"
+        self._cache: dict[tuple[str, ...], Resampling] = {}
+
+    def __call__(self, names: list[str]) -> Resampling:
+        key = tuple(names)
+        if key not in self._cache:
+            self._cache[key] = resampling(names, self.patient_of, self.unit, self.resamples)
+        return self._cache[key]
+
+    def fallback_note(self) -> str | None:
+        if self.asked == self.unit:
+            return None
+        return (
+            "- **The intervals resample images, not patients**: the runs' predictions files do not record each "
+            "image's patient (they were written by an older cxrstudy). Films of one patient are correlated, so "
+            "these intervals are too narrow. `cxrstudy resume` after deleting the runs' result.json writes them "
+            "again with patients."
+        )
+
+    def structured(self, results: list[tuple[str, seeds.ArchitectureAnalysis]]) -> dict:
+        first = self(results[0][1].ensemble.test.names) if results else None
+        return {
+            "unit": self.unit,
+            "unit_asked": self.asked,
+            "resamples": self.resamples,
+            "test_images": first.images if first else None,
+            "test_patients": first.patients if first else None,
+        }
+
+
+def study_patients(inputs: list[tuple[str, list[seeds.RunPredictions]]]) -> dict[str, int] | None:
+    """Each test image's patient, from the runs' predictions; None when any run's file lacks them."""
+    patient_of: dict[str, int] = {}
+    for _, runs in inputs:
+        for r in runs:
+            if r.test.patients is None:
+                return None
+            patient_of.update(zip(r.test.names, r.test.patients.tolist()))
+    return patient_of
+
+
 def per_architecture(
     inputs: list[tuple[str, list[seeds.RunPredictions]]],
-    resamples: int,
+    bootstrap: StudyBootstrap,
     text: list[str],
     files: dict[str, list[list]],
     structured: dict,
 ) -> tuple[list[tuple[str, seeds.ArchitectureAnalysis]], dict[str, comparison.Scorer]]:
     """Each architecture's seed analysis, appended to ``text``, ``files`` and ``structured``; the analyses
     and the scorers ``--compare`` may name (each architecture's ensemble and each run)."""
-    counts_by_n: dict[int, np.ndarray] = {}
     results, scorers = [], {}
     for arch, runs in inputs:
-        n = len(runs[0].test.names)
-        if n not in counts_by_n:  # every run of a study is scored on the same resamples
-            counts_by_n[n] = resample_counts(n, resamples)
-        result = seeds.architecture_analysis(display_name(arch), runs, counts_by_n[n])
+        result = seeds.architecture_analysis(display_name(arch), runs, bootstrap(runs[0].test.names))
         results.append((arch, result))
         text.append(result.text)
         text.append(f"![{display_name(arch)}: per-class AUROC across seeds](figures/{arch}_seed_spread.png)")

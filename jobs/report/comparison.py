@@ -11,6 +11,7 @@ What a user asks of the report (the pairs to compare, the baselines) is kept wit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from jobs.data.labels import CLASSES
 from jobs.report.baselines import BaselineScore
 from jobs.report.seeds import Ensemble
 from jobs.report.tables import fmt, markdown_table, mean_std
-from jobs.scoring.bootstrap import bootstrap_auroc, interval, resample_counts, row_nanmean
+from jobs.scoring.bootstrap import Resampling, bootstrap_auroc, interval, row_nanmean
 from jobs.scoring.delong import delong_test, holm
 from jobs.scoring.metrics import json_number, nanmean
 from jobs.scoring.predictions import Predictions
@@ -119,12 +120,15 @@ def requested_section(compare: list[list[str]], scorers: dict[str, Scorer]) -> t
 
 
 def baseline_section(
-    baselines: list[BaselineScore], ensembles: list[Ensemble], seed_auroc: dict[str, np.ndarray], resamples: int
+    baselines: list[BaselineScore],
+    ensembles: list[Ensemble],
+    seed_auroc: dict[str, np.ndarray],
+    resample: Callable[[list[str]], Resampling],
 ) -> tuple[str, dict[str, list[list]], dict]:
-    """External baselines beside each architecture's seeds and ensemble, with intervals and DeLong tests."""
+    """External baselines beside each architecture's seeds and ensemble, with intervals and DeLong tests.
+    ``resample(names)``: the study's bootstrap of those test images."""
     ci = {
-        b.name: interval(row_nanmean(bootstrap_auroc(b.labels, b.probs, resample_counts(len(b.names), resamples))))
-        for b in baselines
+        b.name: interval(row_nanmean(bootstrap_auroc(b.labels, b.probs, resample(b.names).counts))) for b in baselines
     }
     text = [
         "## Comparison With External Baselines",

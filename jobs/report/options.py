@@ -1,7 +1,8 @@
 """What a user asks of a study's report, kept in the store beside the study, so every later aggregate
 (a worker's after ``resume``, or ``cxrstudy report``) keeps it::
 
-    studies/<id>/report_options.json   {"resamples": 1000, "compare": [["densenet121:12", "chexnet"]]}
+    studies/<id>/report_options.json   {"resamples": 1000, "bootstrap_unit": "patient",
+                                        "compare": [["densenet121:12", "chexnet"]]}
     studies/<id>/baselines/<name>.csv  an external baseline's predictions (CheXNet-style CSV)
 """
 
@@ -11,6 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from jobs.errors import ConfigError, DamagedArtifact
+from jobs.scoring.bootstrap import UNITS
 from jobs.spec.study import check_name
 from jobs.store import Store, layout
 from jobs.store.records import damaged, read_json
@@ -23,13 +25,16 @@ class ReportOptions:
     """What ``cxrstudy report`` asked for, kept for every later aggregate of the study.
 
     Args:
-        resamples: bootstrap resamples of the test images for the 95% intervals.
+        resamples: bootstrap resamples for the 95% intervals.
         compare: pairs of scorers to test against each other with DeLong, beyond the architectures'
             ensembles (which are always compared).
+        bootstrap_unit: what a resample draws: ``patient`` (each drawn patient with all their test
+            images: a cluster bootstrap) or ``image``.
     """
 
     resamples: int = DEFAULT_RESAMPLES
     compare: list[list[str]] = field(default_factory=list)
+    bootstrap_unit: str = UNITS[0]
 
 
 def load_options(store: Store, study_id: str) -> ReportOptions:
@@ -44,13 +49,16 @@ def load_options(store: Store, study_id: str) -> ReportOptions:
     if data is None:
         return ReportOptions()
     resamples, compare = data.get("resamples", DEFAULT_RESAMPLES), data.get("compare", [])
+    unit = data.get("bootstrap_unit", UNITS[0])
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 1:
         raise DamagedArtifact(damaged(store, key, f"'resamples' is {resamples!r}, not a positive integer", fix))
+    if unit not in UNITS:
+        raise DamagedArtifact(damaged(store, key, f"'bootstrap_unit' is {unit!r}, not one of {', '.join(UNITS)}", fix))
     pairs = compare if isinstance(compare, list) else [compare]
     for pair in pairs:
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)):
             raise DamagedArtifact(damaged(store, key, f"'compare' holds {pair!r}, not a pair of names", fix))
-    return ReportOptions(resamples, [list(p) for p in pairs])
+    return ReportOptions(resamples, [list(p) for p in pairs], unit)
 
 
 def save_options(store: Store, study_id: str, options: ReportOptions) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from jobs.data.labels import CLASSES
 from jobs.report.tables import fmt, markdown_table, mean_std
-from jobs.scoring.bootstrap import bootstrap_auroc, interval, percentile_interval, row_nanmean
+from jobs.scoring.bootstrap import Resampling, bootstrap_auroc, interval, percentile_interval, row_nanmean
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
 from jobs.scoring.predictions import Predictions
 
@@ -72,7 +72,7 @@ class SeedNumbers:
 
     runs: list[RunPredictions]  # sorted by seed
     ensemble: Ensemble
-    counts: np.ndarray  # the bootstrap resamples (shared by every run of the study)
+    resampling: Resampling  # the bootstrap resamples (shared by every run of the study)
     test_auroc: np.ndarray  # (seeds, 14)
     avg_auroc: np.ndarray  # (seeds,)
     boots: list[np.ndarray]  # per run: (resamples, 14) bootstrap AUROCs
@@ -83,9 +83,10 @@ class SeedNumbers:
     mean_prob: float
 
 
-def measure(name: str, runs: list[RunPredictions], counts: np.ndarray) -> SeedNumbers:
-    """Every run and the ensemble on the same bootstrap resamples of the test images."""
+def measure(name: str, runs: list[RunPredictions], resampling: Resampling) -> SeedNumbers:
+    """Every run and the ensemble on the same bootstrap resamples of the test images (or patients)."""
     runs = sorted(runs, key=lambda r: r.seed)
+    counts = resampling.counts
     ens = ensemble(name, runs)
     test_auroc = np.array([auroc_per_class(r.test.labels, r.test.probs) for r in runs])
     boots = [bootstrap_auroc(r.test.labels, r.test.probs, counts) for r in runs]
@@ -94,7 +95,7 @@ def measure(name: str, runs: list[RunPredictions], counts: np.ndarray) -> SeedNu
     return SeedNumbers(
         runs=runs,
         ensemble=ens,
-        counts=counts,
+        resampling=resampling,
         test_auroc=test_auroc,
         avg_auroc=np.array([nanmean(a) for a in test_auroc]),
         boots=boots,
@@ -107,9 +108,9 @@ def measure(name: str, runs: list[RunPredictions], counts: np.ndarray) -> SeedNu
     )
 
 
-def architecture_analysis(name: str, runs: list[RunPredictions], counts: np.ndarray) -> ArchitectureAnalysis:
+def architecture_analysis(name: str, runs: list[RunPredictions], resampling: Resampling) -> ArchitectureAnalysis:
     """Seed spread, the seed ensemble, bootstrap intervals and the validation-chosen best seed."""
-    n = measure(name, runs, counts)
+    n = measure(name, runs, resampling)
     pick_rows, optimism = best_seed_choices(n.runs, n.test_auroc)
     return ArchitectureAnalysis(
         seed_markdown(name, n, pick_rows, optimism),
@@ -141,8 +142,7 @@ def seed_markdown(name: str, n: SeedNumbers, pick_rows: list[list[str]], optimis
         (
             f"Per class: mean ± std of the test AUROC over the {len(runs)} seeds, and the **seed ensemble** (the "
             f"seeds' test probabilities averaged; F1 at thresholds chosen on the averaged validation "
-            f"probabilities) with its bootstrap 95% interval ({n.counts.shape[0]:,} resamples of the "
-            f"{len(ens.test.names):,} test images, percentile method)."
+            f"probabilities) with its bootstrap 95% interval ({n.resampling.describe()})."
         ),
         markdown_table(["Class", "Mean ± Std (seeds)", "Ensemble AUROC", "Ensemble 95% CI", "Ensemble F1"], class_rows),
         "Avg AUROC of each seed and of the ensemble, with bootstrap 95% intervals (the same resamples for every run):",

@@ -1,5 +1,9 @@
 """Bootstrap confidence intervals of AUROC, exact and compiled.
 
+- :func:`resample_counts`: the resamples, as counts per image. By patient (a cluster bootstrap, the
+  default of the report): patients are drawn with replacement and every image of a drawn patient
+  counts as often as its patient is drawn, since films of one patient are correlated. By image: the
+  images themselves are drawn. :class:`Resampling` is the report's design (unit, counts, patients).
 - :func:`bootstrap_auroc`: per-class AUROC over bootstrap resamples of the images, exact (ties
   count one half). A resample is a row of multinomial counts; each class needs one sort of the
   scores, then one pass over the images in score order that carries, for every resample at once,
@@ -14,23 +18,81 @@ The paired tests between scorers are in :mod:`jobs.scoring.delong`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numba
 import numpy as np
+
+from jobs.spec.configs import BOOTSTRAP_UNITS as UNITS
 
 BOOTSTRAP_SEED = 20171
 
 
-def resample_counts(n: int, resamples: int = 1000, seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """``(resamples, n)`` multinomial counts: how often each image is drawn in each resample.
+def resample_counts(
+    n: int, resamples: int = 1000, seed: int = BOOTSTRAP_SEED, clusters: Sequence[int] | None = None
+) -> np.ndarray:
+    """``(resamples, n)`` counts: how often each image is drawn in each resample.
+
+    Without ``clusters``, the images are drawn (multinomial counts over the ``n`` images). With
+    ``clusters`` (each image's patient id), the patients are drawn with replacement, as many as there
+    are, and each image counts as often as its patient was drawn: a cluster bootstrap.
 
     Every run of a study is scored on the same resamples, so their intervals are paired. The array
     is Fortran-ordered in the smallest unsigned type that holds the counts (uint8 for any real test
     set), so that its transpose, one row of ``resamples`` counts per image, is C-contiguous.
     """
     rng = np.random.default_rng(seed)
-    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    if clusters is None:
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
+    else:
+        if len(clusters) != n:
+            raise ValueError(f"{len(clusters)} cluster ids for {n} images")
+        ids, image_cluster = np.unique(np.asarray(clusters), return_inverse=True)
+        drawn = rng.multinomial(len(ids), np.full(len(ids), 1.0 / len(ids)), size=resamples)
+        counts = drawn[:, image_cluster.ravel()]
     dtype = np.uint8 if counts.max(initial=0) <= 255 else np.uint32
     return np.asfortranarray(counts.astype(dtype))
+
+
+@dataclass
+class Resampling:
+    """The bootstrap of a report: its unit, its resamples of one set of test images, and the patients
+    those images belong to (when the runs recorded them)."""
+
+    unit: str  # "patient" or "image"
+    counts: np.ndarray  # (resamples, images)
+    images: int
+    patients: int | None  # distinct patients among the images; None when unknown
+
+    @property
+    def resamples(self) -> int:
+        return self.counts.shape[0]
+
+    def describe(self) -> str:
+        """How the intervals were drawn, for the report: the unit and the number of patients."""
+        if self.unit == "patient":
+            return (
+                f"{self.resamples:,} resamples of the {self.patients:,} test patients, each drawn patient with all "
+                f"of their images ({self.images:,} test images in all), percentile method"
+            )
+        of = f" of {self.patients:,} patients" if self.patients else ""
+        return f"{self.resamples:,} resamples of the {self.images:,} test images{of}, percentile method"
+
+
+def resampling(
+    names: Sequence[str], patient_of: dict[str, int] | None, unit: str, resamples: int, seed: int = BOOTSTRAP_SEED
+) -> Resampling:
+    """The resamples of the test images ``names``. ``patient_of``: each image's patient (None when the
+    runs did not record them: the patient unit then falls back to images, and :attr:`Resampling.unit`
+    says so)."""
+    if unit not in UNITS:
+        raise ValueError(f"bootstrap unit {unit!r}: use one of {', '.join(UNITS)}")
+    patients = None if patient_of is None else [patient_of[n] for n in names]
+    distinct = None if patients is None else len(set(patients))
+    if unit == "patient" and patients is not None:
+        return Resampling("patient", resample_counts(len(names), resamples, seed, patients), len(names), distinct)
+    return Resampling("image", resample_counts(len(names), resamples, seed), len(names), distinct)
 
 
 def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> np.ndarray:

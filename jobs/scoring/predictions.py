@@ -2,8 +2,10 @@
 
 The format is the CheXNet-style CSV of public reimplementations: a column ``Image Index`` and one
 column ``prob_<Class>`` per finding (``prob_Pleural_Thickening``). A run's own
-``predictions_{val,test}.csv`` adds one ``label_<Class>`` column per finding (:func:`predictions_csv`
-writes it, :func:`read_predictions` reads it back fast: a report reads two of them per run).
+``predictions_{val,test}.csv`` adds the image's ``Patient ID`` (second column; the report's bootstrap
+resamples patients) and one ``label_<Class>`` column per finding (:func:`predictions_csv` writes it,
+:func:`read_predictions` reads it back fast: a report reads two of them per run). Files of runs from
+before the patient column are still read, without patients.
 
 :func:`read_prediction_csv` reads another system's file (a baseline, ``cxrstudy evaluate``): columns
 in any order, other columns ignored; every problem is a :class:`PredictionsError` naming the file,
@@ -27,9 +29,11 @@ from jobs.errors import DamagedArtifact, PredictionsError
 from jobs.store import Store, open_store
 
 IMAGE_COLUMN = "Image Index"
+PATIENT_COLUMN = "Patient ID"
 PROB_COLUMNS: tuple[str, ...] = tuple(f"prob_{c}" for c in CLASSES)
 LABEL_COLUMNS: tuple[str, ...] = tuple(f"label_{c}" for c in CLASSES)
-RUN_HEADER: tuple[str, ...] = (IMAGE_COLUMN, *PROB_COLUMNS, *LABEL_COLUMNS)  # a run's own file
+RUN_HEADER: tuple[str, ...] = (IMAGE_COLUMN, PATIENT_COLUMN, *PROB_COLUMNS, *LABEL_COLUMNS)  # a run's own file
+OLD_RUN_HEADER: tuple[str, ...] = (IMAGE_COLUMN, *PROB_COLUMNS, *LABEL_COLUMNS)  # before the patient column
 _FORMAT = f"a predictions CSV has an '{IMAGE_COLUMN}' column and one 'prob_<Class>' column per finding"
 
 
@@ -197,12 +201,17 @@ class Predictions:
     names: list[str]
     probs: np.ndarray  # (images, 14)
     labels: np.ndarray  # (images, 14) 0/1
+    patients: np.ndarray | None = None  # (images,) each image's patient id, when known
 
 
-def predictions_csv(names: list[str], probs: np.ndarray, labels: np.ndarray) -> str:
-    """A run's predictions file: ``Image Index``, ``prob_<Class>`` (six decimals), ``label_<Class>`` (0/1)."""
+def predictions_csv(names: list[str], probs: np.ndarray, labels: np.ndarray, patients) -> str:
+    """A run's predictions file: ``Image Index``, ``Patient ID``, ``prob_<Class>`` (six decimals),
+    ``label_<Class>`` (0/1)."""
     cells = np.char.mod("%.6f", np.asarray(probs, dtype=np.float64))
-    rows = [",".join([n, *p, *map(str, y)]) for n, p, y in zip(names, cells.tolist(), np.asarray(labels).tolist())]
+    rows = [
+        ",".join([n, str(int(pid)), *p, *map(str, y)])
+        for n, pid, p, y in zip(names, patients, cells.tolist(), np.asarray(labels).tolist())
+    ]
     return ",".join(RUN_HEADER) + "\n" + "".join(row + "\n" for row in rows)
 
 
@@ -221,37 +230,51 @@ def read_predictions(store: Store, key: str, fix: str = RUN_FIX) -> Predictions:
     except UnicodeDecodeError as exc:
         raise DamagedArtifact(f"{where} is damaged: not UTF-8 text (bad byte at offset {exc.start}); {fix}") from None
     header, _, body = text.partition("\n")
-    if tuple(header.split(",")) != RUN_HEADER:
+    columns = tuple(header.split(","))
+    if columns not in (RUN_HEADER, OLD_RUN_HEADER):
         raise DamagedArtifact(
             f"{where} is damaged or from another version: its header is not a run's predictions header "
             f"({header[:80]!r}...); {fix}"
         )
     lines = body.splitlines()
-    columns = 2 * NUM_CLASSES
-    bad = next((i for i, line in enumerate(lines) if line.count(",") != columns), None)
+    commas = len(columns) - 1
+    bad = next((i for i, line in enumerate(lines) if line.count(",") != commas), None)
     if bad is not None:
         cells = lines[bad].count(",") + 1 if lines[bad] else 0
         raise DamagedArtifact(
-            f"{where} is damaged: line {bad + 2} has {cells} cells where {columns + 1} are expected "
+            f"{where} is damaged: line {bad + 2} has {cells} cells where {commas + 1} are expected "
             f"(the file is cut short or edited); {fix}"
         )
     names = [line.split(",", 1)[0] for line in lines]
-    values = _run_values(body, len(names), where, fix)
+    values = _run_values(body, len(names), columns, where, fix)
     order = np.argsort(np.array(names), kind="stable")
-    probs, labels = values[order, :NUM_CLASSES], values[order, NUM_CLASSES:]
-    return Predictions([names[i] for i in order], probs, labels.astype(np.uint8))
+    values = values[order]
+    patients = values[:, 0].astype(np.int64) if columns == RUN_HEADER else None
+    probs, labels = values[:, -2 * NUM_CLASSES : -NUM_CLASSES], values[:, -NUM_CLASSES:]
+    return Predictions([names[i] for i in order], probs, labels.astype(np.uint8), patients)
 
 
-def _run_values(body: str, rows: int, where: str, fix: str) -> np.ndarray:
-    """The (rows, 28) probabilities and labels of a run's predictions file, checked."""
-    columns = 2 * NUM_CLASSES
+def _run_values(body: str, rows: int, header: tuple[str, ...], where: str, fix: str) -> np.ndarray:
+    """The values of a run's predictions file after the image name (the patient id, when the file has
+    it, then the 14 probabilities and the 14 labels), checked."""
+    columns = len(header) - 1
     if not rows:
         return np.zeros((0, columns))
     try:  # numpy's C parser: ~25x csv.DictReader, which matters at 100 runs x 34k images.
         values = np.loadtxt(io.StringIO(body), delimiter=",", usecols=range(1, 1 + columns), ndmin=2)
     except ValueError:
-        raise DamagedArtifact(f"{where} is damaged: {_first_non_number(body)}; {fix}") from None
-    probs, labels = values[:, :NUM_CLASSES], values[:, NUM_CLASSES:]
+        raise DamagedArtifact(f"{where} is damaged: {_first_non_number(body, header)}; {fix}") from None
+    start = columns - 2 * NUM_CLASSES  # 1 with the patient column
+    if start:
+        patients = values[:, 0]
+        ok = np.isfinite(patients) & (patients >= 0) & (patients == np.round(patients))
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise DamagedArtifact(
+                f"{where} is damaged: line {i + 2}, column {PATIENT_COLUMN!r}: {patients[i]:g} is not a patient id; "
+                f"{fix}"
+            )
+    probs, labels = values[:, start : start + NUM_CLASSES], values[:, start + NUM_CLASSES :]
     checks = (
         (probs, 0, np.isfinite(probs) & (probs >= 0) & (probs <= 1), "a probability between 0 and 1"),
         (labels, NUM_CLASSES, (labels == 0) | (labels == 1), "a label (0 or 1)"),
@@ -259,19 +282,19 @@ def _run_values(body: str, rows: int, where: str, fix: str) -> np.ndarray:
     for part, offset, ok, what in checks:
         if not ok.all():
             i, k = (int(v[0]) for v in np.nonzero(~ok))  # the first offending cell, by line
-            column = RUN_HEADER[1 + offset + k]
+            column = header[1 + start + offset + k]
             raise DamagedArtifact(
                 f"{where} is damaged: line {i + 2}, column {column!r}: {part[i, k]:g} is not {what}; {fix}"
             )
     return values
 
 
-def _first_non_number(body: str) -> str:
+def _first_non_number(body: str, header: tuple[str, ...]) -> str:
     """Where the first cell of a run's predictions body that is not a number is (line 1 is the header)."""
     for n, line in enumerate(body.splitlines(), start=2):
         for j, cell in enumerate(line.split(",")[1:], start=1):
             try:
                 float(cell)
             except ValueError:
-                return f"line {n}, column {RUN_HEADER[j]!r}: {cell!r} is not a number"
+                return f"line {n}, column {header[j]!r}: {cell!r} is not a number"
     return "its cells do not parse as numbers"

@@ -315,3 +315,27 @@ def check_weights_key(weights: str) -> None:
         problem = key_problem(key) if bucket else "has no bucket"
         if problem:
             raise ValueError(f"weights: the key of s3://BUCKET/KEY {problem}; name one object (got {weights!r})")
+
+
+BOOTSTRAP_UNITS = ("patient", "image")  # what a bootstrap resample of the report draws
+MIN_RESAMPLES = 100
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """The study file's ``report:``: how the report computes its intervals. Not part of any id: it
+    changes the report, never the runs. Unset fields keep what is stored with the study (or the defaults).
+
+    Args:
+        bootstrap_unit: ``patient`` (a cluster bootstrap: each drawn patient with all their test images;
+            the default) or ``image``.
+        resamples: bootstrap resamples (1,000 by default).
+    """
+
+    bootstrap_unit: str | None = None
+    resamples: int | None = None
+
+    def check(self) -> None:
+        if self.bootstrap_unit is not None:
+            one_of("bootstrap_unit", self.bootstrap_unit, BOOTSTRAP_UNITS)
+        Range(MIN_RESAMPLES).check("resamples", self.resamples)

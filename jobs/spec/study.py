@@ -9,6 +9,7 @@ runs:
   densenet121: [12, 22, 32, 42]
   efficientnet_b2: {seeds: [22, 32, 42], training: {lr: 3.0e-4}}
 baselines: {chexnet: predictions/chexnet.csv}   # optional: other systems' predictions, in the report
+report: {bootstrap_unit: patient, resamples: 1000}  # optional: how the report draws its intervals
 ```
 
 Every key is checked: an unknown key, a wrong type or a bad value is a one-line error naming the
@@ -28,7 +29,7 @@ import yaml
 
 from jobs.errors import ConfigError, StudyFileError
 from jobs.spec.architectures import check_architecture
-from jobs.spec.configs import SEED, PrepConfig, TrainConfig
+from jobs.spec.configs import SEED, PrepConfig, ReportConfig, TrainConfig
 from jobs.spec.runs import JobSpec, job_id
 from jobs.spec.runs import study_id as _study_id
 from jobs.spec.schema import build, coerce, unknown_key
@@ -72,6 +73,7 @@ class Study:
     # External baselines for the report: (name, location of a CheXNet-style predictions CSV). Not part of
     # the spec or the study id: a baseline changes the report, not the runs.
     baselines: tuple[tuple[str, str], ...] = ()
+    report: ReportConfig = ReportConfig()  # how the report computes its intervals; not part of the id either
 
     def spec(self) -> dict:
         """The normalised spec, as written into study.json (and hashed into the study id)."""
@@ -99,7 +101,7 @@ def _parse(data) -> Study:
         raise ValueError(
             "the study file must be a mapping with name, dataset, runs (and optional preprocessing, training)"
         )
-    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines")
+    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines", "report")
     for key in data:
         if key not in known:
             raise unknown_key("", key, known)
@@ -148,7 +150,8 @@ def _parse(data) -> Study:
     for baseline, _ in baselines:
         if baseline in runs:
             raise ValueError(f"baselines.{baseline}: the name of an architecture in runs; give the baseline another")
-    return Study(name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines)
+    report = build(ReportConfig, data.get("report"), "report")
+    return Study(name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines, report=report)
 
 
 def _baselines(entry) -> tuple[tuple[str, str], ...]:

@@ -111,11 +111,12 @@ def run(
 
 
 class Evaluation:
-    """Loss, probabilities and labels of a model over one split, in image-name order."""
+    """Loss, probabilities and labels of a model over one split (and each image's patient), in image-name order."""
 
-    def __init__(self, names: list[str], probs: np.ndarray, labels: np.ndarray, loss: float):
+    def __init__(self, names: list[str], probs: np.ndarray, labels: np.ndarray, loss: float, patients: list[int]):
         order = np.argsort(names)
         self.names = [names[i] for i in order]
+        self.patients = np.asarray(patients, dtype=np.int64)[order]
         self.probs, self.labels, self.loss = probs[order], labels[order], loss
 
     def auroc(self) -> np.ndarray:
@@ -308,7 +309,7 @@ class Trainer:
         self._loss_sum.fill_(p.partial_loss)  # summed in step order, as a resumed epoch's checkpoint holds it
         self._read_count = p.partial_count
         start = last_log = last_read = time.monotonic()
-        for step, (images, labels, _) in enumerate(self.batches("train", epoch, train=True), start=1):
+        for step, (images, labels, *_) in enumerate(self.batches("train", epoch, train=True), start=1):
             if step <= done:
                 continue  # trained before the interruption
             loss = self.step(images, labels)
@@ -387,7 +388,7 @@ class Trainer:
             m.reset_running_stats()
             m.momentum = None  # cumulative average
         self.model.train()
-        for i, (images, _, _) in enumerate(self.batches("train", epoch + 10_000, train=True)):
+        for i, (images, *_) in enumerate(self.batches("train", epoch + 10_000, train=True)):
             if i >= self.cfg.bn_recalibrate:
                 break
             with self.autocast():
@@ -399,9 +400,9 @@ class Trainer:
     def evaluate(self, split: str) -> Evaluation:
         """The model on ``split``; outputs stay on the device until the pass ends (one copy back)."""
         self.model.eval()
-        names, probs, labels = [], [], []
+        names, patients, probs, labels = [], [], [], []
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for images, y, batch_names in self.batches(split):
+        for images, y, batch_names, batch_patients in self.batches(split):
             with self.autocast():
                 logits = self.model(self.inputs(images))
             y = y.to(self.device, non_blocking=True)
@@ -409,6 +410,7 @@ class Trainer:
             probs.append(torch.sigmoid(logits.float()))
             labels.append(y)
             names.extend(batch_names)
+            patients.extend(batch_patients)
         probs = torch.cat(probs).cpu().numpy()
         if not np.isfinite(probs).all():  # metrics cannot rank NaN; say what happened instead
             raise TrainingDiverged(
@@ -416,7 +418,7 @@ class Trainer:
                 f"(lower training.lr, or raise training.warmup_epochs)"
             )
         labels = torch.cat(labels).cpu().numpy().astype(np.uint8)
-        return Evaluation(names, probs, labels, loss_sum.item() / len(names))
+        return Evaluation(names, probs, labels, loss_sum.item() / len(names), patients)
 
     # --- outputs ------------------------------------------------------------------------------
     def save_last(self) -> None:
@@ -449,7 +451,8 @@ class Trainer:
             "val": val_summary,
         }
         for split, ev in (("val", val), ("test", test)):
-            self.store.put_text(job.keys.predictions(split), predictions_csv(ev.names, ev.probs, ev.labels))
+            text = predictions_csv(ev.names, ev.probs, ev.labels, ev.patients)
+            self.store.put_text(job.keys.predictions(split), text)
         provenance.finish(self.store, job, self.provenance, time.monotonic() - self.attempt_started)
         write_result(self.store, job, result)
         self.log(

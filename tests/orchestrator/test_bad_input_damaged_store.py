@@ -44,7 +44,9 @@ def sandbox(tmp_path):
                 names = [f"{i:08d}_00{'0' if split == 'test' else '1'}.png" for i in range(n)]
                 labels = (rng.random((n, 14)) < 0.3).astype(np.uint8)
                 labels[0], labels[1] = 1, 0
-                store.put_text(job.keys.predictions(split), predictions_csv(names, rng.random((n, 14)), labels))
+                store.put_text(
+                    job.keys.predictions(split), predictions_csv(names, rng.random((n, 14)), labels, range(n))
+                )
                 scores = {"images": n, "loss": 0.2, "avg_auroc": 0.5, "avg_f1": 0.3}
                 result[split] = {**scores, "auroc": dict.fromkeys(CLASSES, 0.5), "f1": dict.fromkeys(CLASSES, 0.3)}
             write_json(store, job.keys.result, result)
@@ -177,7 +179,7 @@ def test_a_truncated_predictions_file_is_one_line_naming_it_and_its_line(sandbox
     line = assert_rejected(
         cxrstudy("aggregate", "alpha-1", "--store", STORE, cwd=root),
         f"{root / STORE / job.keys.predictions(split)} is damaged: line ",
-        " where 29 are expected (the file is cut short or edited); ",
+        " where 30 are expected (the file is cut short or edited); ",
         f"delete {root / STORE / job.keys.result} and `cxrstudy resume alpha-1` runs the run again",
         sandbox=root,
         before=before,

@@ -1,5 +1,7 @@
 """The command line as a user runs it: one-line errors, and a whole study end to end."""
 
+import csv
+import io
 import json
 import shutil
 import subprocess
@@ -115,6 +117,7 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
           test_resnet: [1, 2]
           test_efficientnet: [1]
         baselines: {{oracle: oracle.csv}}
+        report: {{bootstrap_unit: image, resamples: 300}}
         """)
     )
     store = tmp_path / "store"
@@ -146,14 +149,31 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
     assert f"| oracle ({n_test - 5} images)" in report
     assert f"- **oracle**: scored on {n_test - 5} of {n_test} test images (5 missing from the file" in report
     assert (study_dir / "report" / "figures" / "roc_curves.png").stat().st_size > 10_000
+    # The study file's report settings; each run's predictions name every image's patient.
+    (predictions,) = study_dir.glob("jobs/test_efficientnet-*/predictions_test.csv")
+    rows = list(csv.DictReader(io.StringIO(predictions.read_text())))
+    assert len(rows) == n_test and all(r["Patient ID"] == str(int(r["Image Index"][:8])) for r in rows)
+    patients = len({r["Patient ID"] for r in rows})
+    assert f"(300 resamples of the {n_test} test images of {patients} patients, percentile method)" in report
 
     again = cxrstudy("run", study, "--store", store)
     assert again.returncode == 0 and again.stdout.count("result.json exists; skipped") == 3
     assert "is up to date (same dataset and config); skipped" in again.stdout
 
-    proc = cxrstudy("report", study_dir.name, "--store", store, "--compare", "test_resnet:1", "oracle")
+    proc = cxrstudy(
+        "report",
+        study_dir.name,
+        "--store",
+        store,
+        "--compare",
+        "test_resnet:1",
+        "oracle",
+        "--bootstrap-unit",
+        "patient",
+    )
     assert proc.returncode == 0, proc.stderr
     assert f"### test_resnet seed 1 vs oracle ({n_test - 5} test images)" in proc.stdout
+    assert f"(300 resamples of the {patients} test patients, each drawn patient with all of their images" in proc.stdout
 
 
 @pytest.mark.slow

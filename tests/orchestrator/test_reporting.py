@@ -35,7 +35,8 @@ def baseline_csv(names, probs) -> str:
 
 @pytest.fixture
 def study(tmp_path):
-    """2 architectures x 2 seeds, finished, with per-image predictions on 300 test and 150 val images."""
+    """2 architectures x 2 seeds, finished, with per-image predictions on 300 test and 150 val images
+    (3 images per patient)."""
     store = LocalStore(tmp_path / "store")
     spec = parse_study({"name": "rep", "dataset": "/d", "runs": {"densenet121": [1, 2], "efficientnet_b2": [1, 2]}})
     jobs = expand(spec, "rep-1", "datasets/d/x")
@@ -50,7 +51,9 @@ def study(tmp_path):
         result = {"status": "succeeded", "seed": job.seed, "best_epoch": 1}
         for name, (names, labels) in split.items():
             probs = 1 / (1 + np.exp(-(labels * 1.5 - 2 + r.normal(size=labels.shape))))
-            store.put_text(job.keys.predictions(name), predictions_csv(names, probs, labels))
+            store.put_text(
+                job.keys.predictions(name), predictions_csv(names, probs, labels, [i // 3 for i in range(len(names))])
+            )
             auroc = {c: roc_auc_score(labels[:, k], probs[:, k]) for k, c in enumerate(CLASSES)}
             result[name] = {"images": len(names), "loss": 0.1, "avg_auroc": 0.7, "avg_f1": 0.3, "auroc": auroc}
         result["test"]["f1"] = dict.fromkeys(CLASSES, 0.3)
@@ -103,7 +106,43 @@ def test_report_adds_baselines_comparisons_and_figures_and_keeps_them(study):
     aggregate.run("rep-1", store, log=lambda m: None)
     again = store.get_text("studies/rep-1/report/report.md")
     assert "### DenseNet-121 seed 1 vs chexnet" in again and "| chexnet (250 images)" in again
-    assert "(200 resamples of the 300 test images" in again
+    assert "(200 resamples of the 100 test patients, each drawn patient with all of their images (300 test" in again
+
+
+def test_the_bootstrap_unit_is_kept_with_the_study_and_named_in_the_report(study):
+    store, *_ = study
+    md = report("rep-1", store, resamples=200, bootstrap_unit="image", log=lambda m: None)
+    assert "(200 resamples of the 300 test images of 100 patients, percentile method)" in md
+    aggregate.run("rep-1", store, log=lambda m: None)
+    info = json.loads(store.get_text("studies/rep-1/report/report.json"))["bootstrap"]
+    assert info == {
+        "unit": "image",
+        "unit_asked": "image",
+        "resamples": 200,
+        "test_images": 300,
+        "test_patients": 100,
+    }
+    with pytest.raises(ConfigError, match="--bootstrap-unit visit: use one of patient, image"):
+        report("rep-1", store, bootstrap_unit="visit")
+    report("rep-1", store, bootstrap_unit="patient", log=lambda m: None)
+    info = json.loads(store.get_text("studies/rep-1/report/report.json"))["bootstrap"]
+    assert (info["unit"], info["resamples"]) == ("patient", 200)
+
+
+def test_runs_without_patients_fall_back_to_images_and_the_report_says_so(study):
+    store, *_ = study
+    key = (
+        "studies/rep-1/jobs/"
+        + next(o.key.split("/")[3] for o in store.list("studies/rep-1/jobs/"))
+        + "/predictions_test.csv"
+    )
+    lines = [line.split(",") for line in store.get_text(key).splitlines()]
+    store.put_text(key, "".join(",".join([cells[0], *cells[2:]]) + "\n" for cells in lines))  # an older run's file
+    md = report("rep-1", store, resamples=200, log=lambda m: None)
+    assert "- **The intervals resample images, not patients**: the runs' predictions files do not record" in md
+    assert "(200 resamples of the 300 test images, percentile method)" in md
+    info = json.loads(store.get_text("studies/rep-1/report/report.json"))["bootstrap"]
+    assert (info["unit"], info["unit_asked"], info["test_patients"]) == ("image", "patient", None)
 
 
 def test_report_checks_everything_before_writing_anything(study):

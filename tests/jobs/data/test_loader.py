@@ -18,7 +18,7 @@ def _stream(store, m, split="train", **kw):
 
 def _epoch(stream, batch_size=16):
     names, pixels = [], []
-    for images, labels, batch_names in make_loader(stream, batch_size):
+    for images, labels, batch_names, _ in make_loader(stream, batch_size):
         assert images.dtype == torch.uint8 and images.shape[1:] == (1, 48, 48) and labels.shape[1] == 14
         names.extend(batch_names)
         pixels.append(images)
@@ -69,7 +69,7 @@ def test_a_damaged_shard_fails_the_split_with_one_line_naming_it(prepared, tmp_p
     count = m["splits"]["test"]["shards"][0]["count"]
     seen = []
     with pytest.raises(DamagedArtifact) as caught:
-        for _, _, names in make_loader(_stream(copy, m, split="test"), 8, num_workers=num_workers):
+        for _, _, names, _ in make_loader(_stream(copy, m, split="test"), 8, num_workers=num_workers):
             seen.extend(names)
     message = str(caught.value)
     assert re.fullmatch(
@@ -81,12 +81,13 @@ def test_a_damaged_shard_fails_the_split_with_one_line_naming_it(prepared, tmp_p
 
 
 def _batches(batches) -> list:
-    return [(names, images, labels) for images, labels, names in batches]
+    return [(names, images, labels, [int(p) for p in patients]) for images, labels, names, patients in batches]
 
 
 def _same_batches(a: list, b: list) -> bool:
     return len(a) == len(b) and all(
-        list(x[0]) == list(y[0]) and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) for x, y in zip(a, b)
+        list(x[0]) == list(y[0]) and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2]) and x[3] == y[3]
+        for x, y in zip(a, b)
     )
 
 
@@ -117,9 +118,9 @@ def test_a_run_loader_serves_every_pass_from_the_same_worker_processes_as_one_pa
     assert _same_batches(first, one_pass("train", 1, train=True))
     assert _same_batches(second, one_pass("train", 2, train=True))
     assert _same_batches(val, one_pass("val")) and _same_batches(test, one_pass("test"))
-    assert [n for names, _, _ in first for n in names] != [n for names, _, _ in second for n in names]
-    assert sum(len(names) for names, _, _ in test) == m["splits"]["test"]["images"]
-    assert all(len(names) == 16 for names, _, _ in first)  # each worker drops its last partial batch
+    assert [n for names, *_ in first for n in names] != [n for names, *_ in second for n in names]
+    assert sum(len(names) for names, *_ in test) == m["splits"]["test"]["images"]
+    assert all(len(names) == 16 for names, *_ in first)  # each worker drops its last partial batch
 
 
 def test_batches_are_the_collation_of_the_sample_stream_in_this_process(prepared):
@@ -127,7 +128,10 @@ def test_batches_are_the_collation_of_the_sample_stream_in_this_process(prepared
     stream = _stream(store, m, "train", seed=5, epoch=0, shuffle=True, augment=AugmentConfig(), buffer_size=50)
     built = list(batched(stream.arrays(), 16, drop_last=False))
     assert _same_batches(_batches(built), _batches(make_loader(stream, 16)))
-    assert [len(names) for _, _, names in built][-1] == (m["splits"]["train"]["images"] % 16 or 16)
+    assert [len(names) for _, _, names, _ in built][-1] == (m["splits"]["train"]["images"] % 16 or 16)
+    # Each image comes with its patient (the synthetic set names images <patient:08d>_<follow-up>.png, as NIH).
+    pairs = [(n, p) for _, _, names, patients in built for n, p in zip(names, patients)]
+    assert all(isinstance(p, int) and p == int(n[:8]) for n, p in pairs) and len({p for _, p in pairs}) > 1
 
 
 @pytest.mark.parametrize("shape", [(300, 257), (224, 224), (61, 97)])

@@ -34,7 +34,7 @@ def study(tmp_path):
             names = [f"{split}{i:04d}.png" for i in range(n)]
             labels = (rng.random((n, 14)) < 0.3).astype(np.uint8)
             labels[0], labels[1] = 1, 0
-            store.put_text(job.keys.predictions(split), predictions_csv(names, rng.random((n, 14)), labels))
+            store.put_text(job.keys.predictions(split), predictions_csv(names, rng.random((n, 14)), labels, range(n)))
             scores = {"images": n, "loss": 0.1, "avg_auroc": 0.5, "avg_f1": 0.3}
             result[split] = {**scores, "auroc": dict.fromkeys(CLASSES, 0.5), "f1": dict.fromkeys(CLASSES, 0.3)}
         store.put_text(job.keys.result, json.dumps(result))
@@ -105,7 +105,7 @@ def test_a_result_with_text_where_a_number_belongs_is_damage(study):
     [
         (
             lambda t: t[: len(t) // 2],
-            r"line \d+ has \d+ cells where 29 are expected \(the file is cut short or edited\)",
+            r"line \d+ has \d+ cells where 30 are expected \(the file is cut short or edited\)",
         ),
         (lambda t: "".join(t.splitlines(keepends=True)[:21]), r"20 rows where its result.json counts \d+ \w+ images"),
         (lambda t: "", r"from another version: its header is not a run's predictions header"),

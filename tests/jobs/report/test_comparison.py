@@ -9,6 +9,7 @@ from jobs.errors import ConfigError
 from jobs.report import comparison, options
 from jobs.report import seeds as analysis
 from jobs.report.baselines import score_predictions
+from jobs.scoring.bootstrap import resampling
 from jobs.scoring.delong import delong_test
 from jobs.scoring.predictions import Predictions
 from jobs.store import LocalStore
@@ -59,7 +60,9 @@ def test_baselines_sit_beside_the_ensembles_with_their_own_counts():
     probs = np.vstack([test.labels[:200] * 0.3 + rng.random((200, 14)), rng.random((1, 14))])
     base = score_predictions("chexnet", names, probs, test.names, test.labels, val=(val.names, val.labels))
     seed_auroc = {"DenseNet-121": np.array([analysis.auroc_per_class(r.test.labels, r.test.probs) for r in runs])}
-    text, files, info = comparison.baseline_section([base], [ens], seed_auroc, resamples=200)
+    text, files, info = comparison.baseline_section(
+        [base], [ens], seed_auroc, lambda n: resampling(n, None, "image", 200)
+    )
     assert "| chexnet (200 images)" in text
     assert "scored on 200 of 240 test images (40 missing from the file; 1 row in neither" in text
     rows = {(r[0], r[1]): r for r in files["baselines.csv"][1:]}

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 
 from jobs.data.labels import CLASSES
 from jobs.report import seeds as analysis
-from jobs.scoring.bootstrap import resample_counts
+from jobs.scoring.bootstrap import resampling
 from jobs.scoring.metrics import best_f1_thresholds, f1_per_class
 from jobs.scoring.predictions import Predictions
 
@@ -39,7 +39,7 @@ def test_the_ensemble_is_the_mean_of_the_seeds_probabilities():
 
 def test_the_architecture_section_reports_ensemble_intervals_and_the_validation_choice():
     runs = runs_of([12, 22])
-    result = analysis.architecture_analysis("X", runs, resample_counts(240, 200))
+    result = analysis.architecture_analysis("X", runs, resampling(runs[0].test.names, None, "image", 200))
     text, files, info, ens = result.text, result.files, result.structured, result.ensemble
     assert "## X: Seed Spread, Bootstrap Intervals and the Seed Ensemble" in text
     rows = {r[0]: r for r in files["ensemble.csv"][1:]}

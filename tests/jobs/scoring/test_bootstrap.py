@@ -9,6 +9,7 @@ from jobs.scoring.bootstrap import (
     bootstrap_auroc_reference,
     percentile_interval,
     resample_counts,
+    resampling,
 )
 
 
@@ -56,3 +57,75 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_images()
 def test_a_class_without_positives_gives_nan():
     y = np.zeros((50, 1), dtype=int)
     assert np.isnan(bootstrap_auroc(y, np.random.default_rng(0).random((50, 1)), resample_counts(50, 5))).all()
+
+
+# ---------------------------------------------------------------- by patient
+
+
+def width(y, s, counts) -> float:
+    lo, hi = percentile_interval(bootstrap_auroc(y[:, None], s[:, None], counts))
+    return float(hi[0] - lo[0])
+
+
+def test_a_patient_resample_gives_every_image_its_patients_count():
+    patients = np.array([5, 5, 9, 2, 9, 9, 40])
+    counts = resample_counts(7, resamples=300, seed=4, clusters=patients)
+    assert counts.shape == (300, 7) and counts.dtype == np.uint8 and counts.flags.f_contiguous
+    for same in ([0, 1], [2, 4, 5]):
+        assert (counts[:, same] == counts[:, same[:1]]).all()
+    # Four patients drawn four times per resample: the counts of one image of each patient sum to 4.
+    assert (counts[:, [0, 2, 3, 6]].sum(axis=1) == 4).all()
+    assert set(np.unique(counts)) <= {0, 1, 2, 3, 4} and counts[:, 6].max() >= 2
+
+
+def test_duplicated_patients_widen_the_patient_interval_and_fool_the_image_one():
+    """Every test patient's image twice: the data hold no more information, and the patient bootstrap
+    knows it (its interval is the original one, exactly, since AUROC does not change when every weight
+    doubles); the image bootstrap shrinks its interval as if there were twice the patients."""
+    n = 2000
+    y, s = scored(n, 5)
+    patients = np.random.default_rng(6).permutation(n) + 1000  # one image each, ids in no particular order
+    once_image = width(y, s, resample_counts(n, 2000))
+    once_patient = width(y, s, resample_counts(n, 2000, clusters=patients))
+    y2, s2, p2 = np.tile(y, 2), np.tile(s, 2), np.tile(patients, 2)
+    twice_image = width(y2, s2, resample_counts(2 * n, 2000))
+    twice_patient = width(y2, s2, resample_counts(2 * n, 2000, clusters=p2))
+
+    assert twice_patient == pytest.approx(once_patient, abs=1e-12)
+    assert twice_patient > twice_image * 1.25
+    assert twice_image / once_image == pytest.approx(1 / np.sqrt(2), rel=0.1)  # as if the data had doubled
+    # One image per patient: the two bootstraps are the same procedure (different draws).
+    assert once_patient == pytest.approx(once_image, rel=0.08)
+
+
+def test_one_image_per_patient_agrees_with_the_image_bootstrap_within_monte_carlo_error():
+    n = 1500
+    y, s = scored(n, 7)
+    patients = np.random.default_rng(8).permutation(n)
+    by_image = bootstrap_auroc(y[:, None], s[:, None], resample_counts(n, 2000))[:, 0]
+    by_patient = bootstrap_auroc(y[:, None], s[:, None], resample_counts(n, 2000, clusters=patients))[:, 0]
+    se = by_image.std()  # the mean of 2,000 draws is within 4 * se / sqrt(2000) of the other's
+    assert abs(by_patient.mean() - by_image.mean()) < 4 * se * np.sqrt(2 / 2000)
+    assert by_patient.std() == pytest.approx(se, rel=0.1)
+
+
+def test_the_report_resampling_says_its_unit_and_falls_back_to_images_without_patients():
+    names = [f"{i:08d}_000.png" for i in range(6)]
+    patient_of = dict(zip(names, [1, 1, 2, 3, 3, 3]))
+    by_patient = resampling(names, patient_of, "patient", 200)
+    assert (by_patient.unit, by_patient.images, by_patient.patients, by_patient.resamples) == ("patient", 6, 3, 200)
+    assert by_patient.describe() == (
+        "200 resamples of the 3 test patients, each drawn patient with all of their images (6 test images in all), "
+        "percentile method"
+    )
+    assert (by_patient.counts[:, 0] == by_patient.counts[:, 1]).all()
+    by_image = resampling(names, patient_of, "image", 200)
+    assert (
+        by_image.unit == "image"
+        and by_image.describe() == "200 resamples of the 6 test images of 3 patients, percentile method"
+    )
+    unknown = resampling(names, None, "patient", 200)
+    assert unknown.unit == "image" and unknown.patients is None
+    np.testing.assert_array_equal(unknown.counts, resample_counts(6, 200))
+    with pytest.raises(ValueError, match="bootstrap unit 'visit': use one of patient, image"):
+        resampling(names, None, "visit", 200)

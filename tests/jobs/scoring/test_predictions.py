@@ -69,8 +69,38 @@ def run_file(tmp_path):
     names = [f"{i:08d}_000.png" for i in range(6)][::-1]
     labels = (rng.random((6, 14)) < 0.3).astype(np.uint8)
     probs = rng.random((6, 14))
-    store.put_text("run/predictions_test.csv", predictions_csv(names, probs, labels))
+    store.put_text("run/predictions_test.csv", predictions_csv(names, probs, labels, [7, 7, 9, 11, 11, 11]))
     return store, "run/predictions_test.csv", probs, labels
+
+
+def test_a_run_file_reads_back_sorted_with_each_images_patient(run_file):
+    store, key, probs, labels = run_file
+    got = read_predictions(store, key)
+    assert got.names == [f"{i:08d}_000.png" for i in range(6)]
+    assert got.patients.tolist() == [11, 11, 11, 9, 7, 7]  # written in reverse name order
+    np.testing.assert_allclose(got.probs, np.round(probs[::-1], 6), atol=1e-12)
+    np.testing.assert_array_equal(got.labels, labels[::-1])
+
+
+def test_a_run_file_from_before_the_patient_column_reads_without_patients(run_file):
+    store, key, probs, labels = run_file
+    lines = [line.split(",") for line in store.get_text(key).splitlines()]
+    store.put_text(key, "".join(",".join([cells[0], *cells[2:]]) + "\n" for cells in lines))
+    got = read_predictions(store, key)
+    assert got.patients is None and got.names == [f"{i:08d}_000.png" for i in range(6)]
+    np.testing.assert_allclose(got.probs, np.round(probs[::-1], 6), atol=1e-12)
+
+
+@pytest.mark.parametrize("cell, shown", [("-3", "-3"), ("7.5", "7.5")])
+def test_a_patient_cell_that_is_no_id_is_damage(run_file, cell, shown):
+    store, key, _, _ = run_file
+    lines = store.get_text(key).splitlines()
+    cells = lines[2].split(",")
+    cells[1] = cell
+    lines[2] = ",".join(cells)
+    store.put_text(key, "\n".join(lines) + "\n")
+    with pytest.raises(DamagedArtifact, match=rf"is damaged: line 3, column 'Patient ID': {shown} is not a patient id"):
+        read_predictions(store, key)
 
 
 def edit(store, key, change) -> None:
@@ -80,9 +110,9 @@ def edit(store, key, change) -> None:
 @pytest.mark.parametrize(
     "change, what",
     [
-        (lambda t: t[: len(t) // 2], r"line 3 has 12 cells where 29 are expected \(the file is cut short or edited\)"),
+        (lambda t: t[: len(t) // 2], r"line 3 has 13 cells where 30 are expected \(the file is cut short or edited\)"),
         (lambda t: t[:40], r"from another version: its header is not a run's predictions header"),
-        (lambda t: t.replace("\n", "\n\n", 2), r"line 2 has 0 cells where 29 are expected"),
+        (lambda t: t.replace("\n", "\n\n", 2), r"line 2 has 0 cells where 30 are expected"),
         (lambda t: t.replace(",0.", ",0.x", 1), r"line 2, column 'prob_Atelectasis': '0.x\d+' is not a number"),
         (lambda t: t.replace(",0.", ",1.", 1), r"line 2, column 'prob_Atelectasis': 1\.\d+ is not a probability"),
         (lambda t: t[:-2] + "7\n", r"line 7, column 'label_Pneumothorax': 7 is not a label \(0 or 1\)"),

@@ -41,6 +41,21 @@ def test_baselines_are_read_beside_the_study_file_and_leave_the_ids_alone(tmp_pa
     assert study_id(study, "abc") == study_id(plain, "abc")  # a baseline changes the report, not the runs
 
 
+def test_report_settings_are_read_and_leave_the_ids_alone(tmp_path):
+    plain = load_study_file(write(tmp_path, MINIMAL))
+    study = load_study_file(write(tmp_path, MINIMAL + "report: {bootstrap_unit: image, resamples: 2000}\n"))
+    assert (study.report.bootstrap_unit, study.report.resamples) == ("image", 2000)
+    assert (plain.report.bootstrap_unit, plain.report.resamples) == (None, None)
+    assert study_id(study, "abc") == study_id(plain, "abc")  # the report's settings change the report, not the runs
+    for text, message in [
+        ("report: {bootstrap_unit: visit}", r"report\.bootstrap_unit: must be one of patient, image \(got 'visit'\)"),
+        ("report: {resamples: 10}", r"report\.resamples: must be at least 100 \(got 10\)"),
+        ("report: {bootstrap: image}", r"report\.bootstrap: unknown key; did you mean 'bootstrap_unit'\?"),
+    ]:
+        with pytest.raises(StudyFileError, match=rf"^{tmp_path / 'study.yaml'}: {message}$"):
+            load_study_file(write(tmp_path, MINIMAL + text + "\n"))
+
+
 def test_ids_are_content_hashes(tmp_path):
     study = load_study_file(write(tmp_path, MINIMAL))
     sid = study_id(study, "abc")
