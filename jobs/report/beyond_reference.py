@@ -15,6 +15,7 @@ from collections.abc import Callable
 from jobs.errors import CxrStudyError
 from jobs.report import comparison, figures, seeds
 from jobs.report.baselines import BaselineScore, score_predictions
+from jobs.report.calibration import calibration_section
 from jobs.report.options import ReportOptions, stored_baselines
 from jobs.report.tables import display_name
 from jobs.scoring.bootstrap import Resampling, resampling
@@ -44,7 +45,8 @@ def beyond_reference(
     bootstrap = StudyBootstrap(inputs, options.bootstrap_unit, options.resamples)
     if note := bootstrap.fallback_note():
         text.append(note)
-    results, scorers = per_architecture(inputs, bootstrap, text, files, structured)
+    pngs: dict[str, bytes] = {}
+    results, scorers = per_architecture(inputs, bootstrap, text, files, structured, pngs)
     structured["bootstrap"] = bootstrap.structured(results)
     log(
         f"aggregate: {sum(len(r) for _, r in inputs)} runs' bootstrap intervals ({options.resamples:,} resamples "
@@ -72,7 +74,7 @@ def beyond_reference(
         text.append(section)
         files["compare_delong.csv"] = rows
 
-    pngs = figures_of(results, baselines)
+    pngs.update(figures_of(results, baselines))
     text += [
         "## Figures",
         "![Seed ensembles' ROC curves per class](figures/roc_curves.png)",
@@ -140,9 +142,11 @@ def per_architecture(
     text: list[str],
     files: dict[str, list[list]],
     structured: dict,
+    pngs: dict[str, bytes],
 ) -> tuple[list[tuple[str, seeds.ArchitectureAnalysis]], dict[str, comparison.Scorer]]:
-    """Each architecture's seed analysis, appended to ``text``, ``files`` and ``structured``; the analyses
-    and the scorers ``--compare`` may name (each architecture's ensemble and each run)."""
+    """Each architecture's seed analysis and calibration, appended to ``text``, ``files``, ``structured``
+    and ``pngs``; the analyses and the scorers ``--compare`` may name (each architecture's ensemble and
+    each run)."""
     results, scorers = [], {}
     for arch, runs in inputs:
         result = seeds.architecture_analysis(display_name(arch), runs, bootstrap(runs[0].test.names))
@@ -151,6 +155,11 @@ def per_architecture(
         text.append(f"![{display_name(arch)}: per-class AUROC across seeds](figures/{arch}_seed_spread.png)")
         files.update({f"{arch}_{name}": rows for name, rows in result.files.items()})
         structured["architectures"][arch].update(result.structured)
+        calibration = calibration_section(display_name(arch), arch, runs, result.ensemble)
+        text.append(calibration.text)
+        files[f"{arch}_calibration.csv"] = calibration.rows
+        structured["architectures"][arch]["calibration"] = calibration.structured
+        pngs[f"{arch}_reliability.png"] = calibration.png
         scorers[arch] = comparison.Scorer(display_name(arch), result.ensemble.test)
         scorers.update(
             {f"{arch}:{r.seed}": comparison.Scorer(f"{display_name(arch)} seed {r.seed}", r.test) for r in runs}

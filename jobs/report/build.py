@@ -3,7 +3,8 @@
     report.md                     per architecture the reference's four sections, then mean +/- std,
                                   then the part beyond the reference (:mod:`jobs.report.beyond_reference`)
     runs.csv                      one row per run: status, loss, Avg AUROC/F1, per-class AUROC and F1
-    <arch>_overall.csv            Seed, Loss, Avg AUROC, Avg F1
+    <arch>_overall.csv            Seed, Loss, Avg AUROC, Avg F1, Avg Brier, Avg ECE
+    <arch>_calibration.csv        per seed and the ensemble: Brier and ECE per class and on average
     <arch>_per_class_auroc.csv    Class x seeds
     <arch>_best_seed.csv          Class, Best Seed, Highest AUROC
     <arch>_ensemble.csv           per class: seeds' mean and std, the seed ensemble's AUROC, CI and F1
@@ -13,7 +14,7 @@
     baselines.csv, baselines_delong.csv   external baselines, when the study has any
     compare_delong.csv            the pairs asked for with ``cxrstudy report --compare``
     report.json                   everything above, structured (NaN as null)
-    figures/*.png                 seed spread per architecture, ROC curves, Avg AUROC per seed
+    figures/*.png                 seed spread and reliability per architecture, ROC curves, Avg AUROC per seed
 
 Runs that have not succeeded are listed in the report with their state (from
 :func:`jobs.store.records.run_state`, the one place a run's state is decided), not dropped silently;
@@ -35,8 +36,15 @@ import numpy as np
 from jobs.data.labels import CLASSES
 from jobs.errors import DamagedArtifact
 from jobs.report import beyond_reference
+from jobs.report.calibration import Calibration, calibration_of
 from jobs.report.options import ReportOptions, load_options
-from jobs.report.reference import SeedRun, architecture_section, best_seeds, cross_architecture_section
+from jobs.report.reference import (
+    SeedRun,
+    architecture_section,
+    best_seeds,
+    cross_architecture_section,
+    has_calibration,
+)
 from jobs.report.seeds import RunPredictions
 from jobs.report.tables import LOSS_NAMES, csv_text, display_name, markdown_table
 from jobs.scoring.metrics import json_number
@@ -100,7 +108,8 @@ def check_result(store: Store, state: RunState, fields: tuple[str, ...] = REPORT
         ) from None
 
 
-def seed_run(result: dict) -> SeedRun:
+def seed_run(result: dict, calibration: Calibration | None = None) -> SeedRun:
+    """A run's test metrics from its result.json, with its calibration when its predictions were read."""
     t = result["test"]
     nan = nan_if_none
     return SeedRun(
@@ -109,6 +118,7 @@ def seed_run(result: dict) -> SeedRun:
         nan(t["avg_auroc"]),
         nan(t["avg_f1"]),
         np.array([nan(t["auroc"][c]) for c in CLASSES]),
+        *((calibration.avg_brier, calibration.avg_ece) if calibration else ()),
     )
 
 
@@ -132,9 +142,16 @@ def seed_tables(arch: str, done: list[SeedRun]) -> tuple[dict[str, str], dict]:
     """The reference's three tables of one architecture as CSV files, and their report.json part."""
     done = sorted(done, key=lambda r: r.seed)
     best = best_seeds(done)
+    calibrated = has_calibration(done)
     files = {
         f"{arch}_overall.csv": csv_text(
-            [["Seed", "Loss", "Avg AUROC", "Avg F1"], *([r.seed, r.loss, r.avg_auroc, r.avg_f1] for r in done)]
+            [
+                ["Seed", "Loss", "Avg AUROC", "Avg F1", *(["Avg Brier", "Avg ECE"] if calibrated else [])],
+                *(
+                    [r.seed, r.loss, r.avg_auroc, r.avg_f1, *([r.avg_brier, r.avg_ece] if calibrated else [])]
+                    for r in done
+                ),
+            ]
         ),
         f"{arch}_per_class_auroc.csv": csv_text(
             [
@@ -151,7 +168,17 @@ def seed_tables(arch: str, done: list[SeedRun]) -> tuple[dict[str, str], dict]:
     }
     structured = {
         "seeds": [r.seed for r in done],
-        "overall": [{"seed": r.seed, "loss": r.loss, "avg_auroc": r.avg_auroc, "avg_f1": r.avg_f1} for r in done],
+        "overall": [
+            {
+                "seed": r.seed,
+                "loss": r.loss,
+                "avg_auroc": r.avg_auroc,
+                "avg_f1": r.avg_f1,
+                "avg_brier": r.avg_brier,
+                "avg_ece": r.avg_ece,
+            }
+            for r in done
+        ],
         "per_class_auroc": {c: {str(r.seed): r.auroc[k] for r in done} for k, c in enumerate(CLASSES)},
         "best_seed": {c: {"seeds": s, "auroc": v} for c, (s, v) in zip(CLASSES, best)},
     }
@@ -297,13 +324,15 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
             continue
         for s in finished:
             check_result(store, s)
-        done = [seed_run(s.detail) for s in finished]
+        predictions = run_predictions(store, finished)
+        calibrations = {r.seed: calibration_of(r.test) for r in predictions or ()}
+        done = [seed_run(s.detail, calibrations.get(s.detail["seed"])) for s in finished]
         title, intro = architecture_title(arch, members)
         report.sections.append(architecture_section(title, done, intro))
         cross.append((display_name(arch), done))
         files, report.structured["architectures"][arch] = seed_tables(arch, done)
         report.files.update(files)
-        if (predictions := run_predictions(store, finished)) is not None:
+        if predictions is not None:
             beyond_inputs.append((arch, predictions))
     if cross:
         report.sections.append(cross_architecture_section(cross))

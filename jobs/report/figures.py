@@ -7,6 +7,9 @@
   ensembles of each architecture, external baselines) and its AUROC in the legend.
 - ``avg_auroc_figure``: Avg AUROC per seed with its bootstrap 95% CI, one column per architecture,
   with the mean over seeds as a tick and the seed ensemble as a star.
+- ``reliability_figure``: one architecture's reliability diagram, every (image, class) pair pooled in
+  equal-mass bins: observed frequency against mean predicted probability, per seed and for the
+  ensemble, with the diagonal of perfect calibration.
 
 No pyplot: nothing global, nothing that needs a display, so worker processes can draw. Sizes are fixed
 (no ``bbox_inches="tight"``) so the pixel dimensions below hold, and the PNG carries no software or
@@ -31,6 +34,7 @@ DPI = 100
 SEED_SPREAD_SIZE = (1600, 800)  # width, height in pixels
 ROC_GRID_SIZE = (1600, 1600)
 AVG_AUROC_SIZE = (1000, 700)
+RELIABILITY_SIZE = (900, 800)
 
 # One colour per seed (tab10 without red and grey: red is the ensemble's, grey the min-max lines').
 SEED_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -240,4 +244,39 @@ def avg_auroc_figure(groups: list[tuple[str, list[int], np.ndarray, np.ndarray, 
             )
         )
     ax.legend(handles=key, loc="best")  # wherever it hides the fewest error bars
+    return _png(fig)
+
+
+def reliability_figure(
+    name: str, seeds: list[int], points: list[tuple[np.ndarray, np.ndarray]], ensemble: tuple[np.ndarray, np.ndarray]
+) -> bytes:
+    """One architecture's reliability diagram as PNG bytes of ``RELIABILITY_SIZE`` pixels.
+
+    Args:
+        name: the architecture as shown in the title.
+        seeds: the seeds, in the order of ``points``.
+        points: per seed, (mean predicted probability, observed frequency) of each equal-mass bin.
+        ensemble: the same for the seed ensemble.
+    """
+    if len(points) != len(seeds):
+        raise ValueError(f"reliability_figure: {len(points)} point sets for {len(seeds)} seeds")
+    fig = _figure(RELIABILITY_SIZE)
+    ax = fig.add_subplot()
+    values = [v for pair in [*points, ensemble] for v in pair]
+    top = min(1.0, 1.05 * max(float(np.max(v)) for v in values if len(v))) if any(len(v) for v in values) else 1.0
+    ax.plot([0, top], [0, top], linestyle="--", color=SPREAD_COLOUR, linewidth=1, label="perfect calibration")
+    labelled = len(seeds) <= LEGEND_SEEDS
+    for i, (seed, (mean_p, observed)) in enumerate(zip(seeds, points)):
+        colour, marker = _seed_style(i)
+        label = f"seed {seed}" if labelled else ("_" if i else f"{len(seeds)} seeds")
+        ax.plot(mean_p, observed, color=colour, marker=marker, markersize=4, linewidth=1, alpha=0.8, label=label)
+    ax.plot(*ensemble, color=ENSEMBLE_COLOUR, marker="*", markersize=10, linewidth=2.2, label="seed ensemble")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("mean predicted probability (equal-mass bins, all classes pooled)")
+    ax.set_ylabel("observed frequency of the finding")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{name}: reliability on the test split")
+    ax.legend(loc="upper left", fontsize=8)
     return _png(fig)

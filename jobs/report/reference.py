@@ -25,6 +25,14 @@ class SeedRun:
     avg_auroc: float
     avg_f1: float
     auroc: np.ndarray  # 14 values, NaN where the test split has no positive
+    avg_brier: float = math.nan  # class averages of the calibration (from the predictions; NaN without them)
+    avg_ece: float = math.nan
+
+
+def has_calibration(runs: list[SeedRun]) -> bool:
+    """Whether the runs' calibration is known (their predictions were read): the overall table then
+    gives Avg Brier and Avg ECE beside the reference's columns."""
+    return any(not math.isnan(r.avg_brier) for r in runs)
 
 
 def best_seeds(runs: list[SeedRun]) -> list[tuple[list[int], float]]:
@@ -114,9 +122,19 @@ def best_seed_summary(runs: list[SeedRun], best: list[tuple[list[int], float]]) 
 def architecture_section(title: str, runs: list[SeedRun], intro: str) -> str:
     """The four reference sections for one architecture."""
     runs = sorted(runs, key=lambda r: r.seed)
+    calibrated = has_calibration(runs)
     overall = markdown_table(
-        ["Seed", "Loss", "Avg AUROC", "Avg F1"],
-        [[str(r.seed), fmt(r.loss), fmt(r.avg_auroc), fmt(r.avg_f1)] for r in runs],
+        ["Seed", "Loss", "Avg AUROC", "Avg F1", *(["Avg Brier", "Avg ECE"] if calibrated else [])],
+        [
+            [
+                str(r.seed),
+                fmt(r.loss),
+                fmt(r.avg_auroc),
+                fmt(r.avg_f1),
+                *([fmt(r.avg_brier), fmt(r.avg_ece)] if calibrated else []),
+            ]
+            for r in runs
+        ],
     )
     per_class = markdown_table(
         ["Class".ljust(20), *(f"Seed {r.seed}" for r in runs)],

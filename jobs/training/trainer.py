@@ -35,6 +35,7 @@ from jobs.data.labels import CLASSES
 from jobs.data.loader import RunLoader, SplitBatches
 from jobs.data.manifest import load_manifest
 from jobs.errors import CxrStudyError
+from jobs.scoring.calibration import brier_per_class, ece_per_class
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
 from jobs.scoring.predictions import predictions_csv
 from jobs.spec.runs import JobSpec
@@ -130,11 +131,16 @@ class Evaluation:
             return {**head, "auroc": dict(zip(CLASSES, map(json_number, auroc)))}
         f1 = f1_per_class(self.labels, self.probs, thresholds)
         f1 = np.where(self.labels.sum(axis=0) > 0, f1, np.nan)  # F1 is undefined without positives
+        brier, ece = brier_per_class(self.labels, self.probs), ece_per_class(self.labels, self.probs)
         return {
             **head,
             "avg_f1": json_number(nanmean(f1)),
+            "avg_brier": json_number(nanmean(brier)),
+            "avg_ece": json_number(nanmean(ece)),
             "auroc": dict(zip(CLASSES, map(json_number, auroc))),
             "f1": dict(zip(CLASSES, map(json_number, f1))),
+            "brier": dict(zip(CLASSES, map(json_number, brier))),
+            "ece": dict(zip(CLASSES, map(json_number, ece))),
             "thresholds": {c: round(float(v), 6) for c, v in zip(CLASSES, thresholds)},
         }
 

@@ -135,9 +135,12 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
         for p in study_dir.glob("jobs/test_resnet-*/result.json")
     }
     assert [row[0] for row in overall[1:]] == ["1", "2"]
-    for seed, loss, avg_auroc, avg_f1 in overall[1:]:
+    assert overall[0] == ["Seed", "Loss", "Avg AUROC", "Avg F1", "Avg Brier", "Avg ECE"]
+    for seed, loss, avg_auroc, avg_f1, avg_brier, avg_ece in overall[1:]:
         t = results[int(seed)]["test"]
         assert (loss, avg_auroc, avg_f1) == (f"{t['loss']:.4f}", f"{t['avg_auroc']:.4f}", f"{t['avg_f1']:.4f}")
+        # The report's calibration (from the predictions) is the trainer's (from the model's outputs).
+        assert (avg_brier, avg_ece) == (f"{t['avg_brier']:.4f}", f"{t['avg_ece']:.4f}")
     per_class = tables[
         ("test_resnet (CLAHE) with Focal Loss — Random Seed Impact", "Per-Class AUROC Comparison (per seed)")
     ]
@@ -195,7 +198,7 @@ def test_demo_learns_on_the_cpu(tmp_path):
         }
         overall = tables[(title, "Overall Metrics Comparison (per seed)")]
         assert [row[0] for row in overall[1:]] == ["12", "22"]
-        for seed, _loss, avg_auroc, _f1 in overall[1:]:
+        for seed, _loss, avg_auroc, *_ in overall[1:]:
             assert float(avg_auroc) >= floor, f"{arch} seed {seed}: test Avg AUROC {avg_auroc} < {floor}"
         per_class = tables[(title, "Per-Class AUROC Comparison (per seed)")]
         assert len(per_class) == 1 + 14

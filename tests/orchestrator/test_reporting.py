@@ -92,7 +92,9 @@ def test_report_adds_baselines_comparisons_and_figures_and_keeps_them(study):
     assert sorted(linked) == sorted(
         [
             "figures/densenet121_seed_spread.png",
+            "figures/densenet121_reliability.png",
             "figures/efficientnet_b2_seed_spread.png",
+            "figures/efficientnet_b2_reliability.png",
             "figures/roc_curves.png",
             "figures/avg_auroc_seeds.png",
         ]
@@ -100,7 +102,8 @@ def test_report_adds_baselines_comparisons_and_figures_and_keeps_them(study):
     sizes = {"roc_curves.png": figures.ROC_GRID_SIZE, "avg_auroc_seeds.png": figures.AVG_AUROC_SIZE}
     for rel in linked:
         image = cv2.imdecode(np.frombuffer(store.get_bytes(f"studies/rep-1/report/{rel}"), np.uint8), 1)
-        w, h = sizes.get(rel.split("/")[1], figures.SEED_SPREAD_SIZE)
+        size = figures.RELIABILITY_SIZE if rel.endswith("_reliability.png") else figures.SEED_SPREAD_SIZE
+        w, h = sizes.get(rel.split("/")[1], size)
         assert image.shape == (h, w, 3)
     # A later aggregate (a worker's, after resume) keeps the baseline, the comparison and the resamples.
     aggregate.run("rep-1", store, log=lambda m: None)
