@@ -204,10 +204,20 @@ class Predictions:
     patients: np.ndarray | None = None  # (images,) each image's patient id, when known
 
 
+def probability_cells(probs: np.ndarray) -> np.ndarray:
+    """The probabilities as a run's predictions file writes them: six decimals."""
+    return np.char.mod("%.6f", np.asarray(probs, dtype=np.float64))
+
+
+def as_stored(probs: np.ndarray) -> np.ndarray:
+    """The probabilities a report reads back from a run's predictions file (what its metrics see)."""
+    return probability_cells(probs).astype(np.float64)
+
+
 def predictions_csv(names: list[str], probs: np.ndarray, labels: np.ndarray, patients) -> str:
     """A run's predictions file: ``Image Index``, ``Patient ID``, ``prob_<Class>`` (six decimals),
     ``label_<Class>`` (0/1)."""
-    cells = np.char.mod("%.6f", np.asarray(probs, dtype=np.float64))
+    cells = probability_cells(probs)
     rows = [
         ",".join([n, str(int(pid)), *p, *map(str, y)])
         for n, pid, p, y in zip(names, patients, cells.tolist(), np.asarray(labels).tolist())

@@ -37,7 +37,7 @@ from jobs.data.manifest import load_manifest
 from jobs.errors import CxrStudyError
 from jobs.scoring.calibration import brier_per_class, ece_per_class
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
-from jobs.scoring.predictions import predictions_csv
+from jobs.scoring.predictions import as_stored, predictions_csv
 from jobs.spec.runs import JobSpec
 from jobs.store import Store
 from jobs.store.records import read_json, write_result
@@ -131,7 +131,8 @@ class Evaluation:
             return {**head, "auroc": dict(zip(CLASSES, map(json_number, auroc)))}
         f1 = f1_per_class(self.labels, self.probs, thresholds)
         f1 = np.where(self.labels.sum(axis=0) > 0, f1, np.nan)  # F1 is undefined without positives
-        brier, ece = brier_per_class(self.labels, self.probs), ece_per_class(self.labels, self.probs)
+        stored = as_stored(self.probs)  # as the report reads them back: its calibration equals this one
+        brier, ece = brier_per_class(self.labels, stored), ece_per_class(self.labels, stored)
         return {
             **head,
             "avg_f1": json_number(nanmean(f1)),
