@@ -13,6 +13,7 @@
     delong.csv                    paired DeLong tests between the architectures' seed ensembles
     baselines.csv, baselines_delong.csv   external baselines, when the study has any
     compare_delong.csv            the pairs asked for with ``cxrstudy report --compare``
+    compute.csv                   per run: attempts, wall and GPU seconds, versions, GPU, determinism
     report.json                   everything above, structured (NaN as null)
     figures/*.png                 seed spread and reliability per architecture, ROC curves, Avg AUROC per seed
 
@@ -37,6 +38,7 @@ from jobs.data.labels import CLASSES
 from jobs.errors import DamagedArtifact
 from jobs.report import beyond_reference
 from jobs.report.calibration import Calibration, calibration_of
+from jobs.report.compute import compute_section
 from jobs.report.options import ReportOptions, load_options
 from jobs.report.reference import (
     SeedRun,
@@ -345,6 +347,11 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         )
         report.sections.append(text)
         report.files.update({name: csv_text(rows) for name, rows in tables.items()})
+    text, rows, report.structured["compute"] = compute_section(
+        store, doc.get("submitted"), states, lambda s: display_name(s.job.architecture)
+    )
+    report.sections.append(text)
+    report.files["compute.csv"] = csv_text(rows)
     if (section := incomplete_section(states)) is not None:
         report.sections.append(section)
     report.structured["runs"] = [

@@ -14,7 +14,7 @@ import pytest
 
 from jobs.data.labels import CLASSES
 from jobs.data.nih import split_labels
-from jobs.report.figures import AVG_AUROC_SIZE, ROC_GRID_SIZE, SEED_SPREAD_SIZE
+from jobs.report.figures import AVG_AUROC_SIZE, RELIABILITY_SIZE, ROC_GRID_SIZE, SEED_SPREAD_SIZE
 from jobs.store import open_store
 from tests.jobs.report.test_aggregate import sections
 
@@ -208,8 +208,37 @@ def test_demo_learns_on_the_cpu(tmp_path):
     for arch in floors:
         assert f"## {arch}: Seed Spread, Bootstrap Intervals and the Seed Ensemble" in report
     assert "### DenseNet-121 vs EfficientNet-B2 (" in report
-    for figure in ("densenet121_seed_spread", "efficientnet_b2_seed_spread", "roc_curves", "avg_auroc_seeds"):
+    figures = ["roc_curves", "avg_auroc_seeds"]
+    figures += [
+        f"{arch}_{kind}" for arch in ("densenet121", "efficientnet_b2") for kind in ("seed_spread", "reliability")
+    ]
+    for figure in figures:
         assert f"](figures/{figure}.png)" in report
         png = (tmp_path / "demo" / "report" / "figures" / f"{figure}.png").read_bytes()
         height, width = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR).shape[:2]
-        assert (width, height) in {SEED_SPREAD_SIZE, ROC_GRID_SIZE, AVG_AUROC_SIZE}
+        assert (width, height) in {SEED_SPREAD_SIZE, ROC_GRID_SIZE, AVG_AUROC_SIZE, RELIABILITY_SIZE}
+    # Calibration: the table per architecture, the class averages in the overall table.
+    for arch in floors:
+        assert f"## {arch}: Calibration" in report
+        calibration = tables[
+            ("Beyond the Reference: Uncertainty, Seed Ensembles and Significance", f"{arch}: Calibration")
+        ]
+        assert calibration[0] == ["Class", "Brier (seeds)", "Brier (ensemble)", "ECE (seeds)", "ECE (ensemble)"]
+        assert len(calibration) == 1 + 14 + 1
+        overall = tables[
+            (f"{arch} (CLAHE) with Focal Loss — Random Seed Impact", "Overall Metrics Comparison (per seed)")
+        ]
+        assert overall[0][-2:] == ["Avg Brier", "Avg ECE"] and all(0 < float(r[-2]) < 0.25 for r in overall[1:])
+    # Intervals by patient, and compute: every run recorded what it ran on and for how long.
+    assert "resamples of the" in report and "test patients, each drawn patient with all of their images" in report
+    assert "# Compute and Provenance" in report and "- Wall time from submission (" in report
+    import torch  # the version the runs recorded is the installed one
+
+    records = sorted((tmp_path / "demo" / "store" / "studies").glob("*/jobs/*/provenance.json"))
+    assert len(records) == 4
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["environment"]["torch"] == torch.__version__ and record["status"] == "succeeded"
+        assert record["wall_seconds"] > 0 and len(record["attempts"]) == 1
+    compute = tables[("Compute and Provenance", None)]
+    assert ["torch", f"`{torch.__version__}`"] in compute and ["**Study**", "4"] in [r[:2] for r in compute]
