@@ -37,7 +37,6 @@ import numpy as np
 from jobs.data.labels import CLASSES
 from jobs.errors import DamagedArtifact
 from jobs.report import beyond_reference
-from jobs.report.calibration import Calibration, calibration_of
 from jobs.report.compute import compute_section
 from jobs.report.options import ReportOptions, load_options
 from jobs.report.reference import (
@@ -49,6 +48,7 @@ from jobs.report.reference import (
 )
 from jobs.report.seeds import RunPredictions
 from jobs.report.tables import LOSS_NAMES, csv_text, display_name, markdown_table
+from jobs.scoring.calibration import Calibration
 from jobs.scoring.metrics import json_number
 from jobs.scoring.predictions import Predictions, read_predictions
 from jobs.store import Store, layout
@@ -327,7 +327,7 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         for s in finished:
             check_result(store, s)
         predictions = run_predictions(store, finished)
-        calibrations = {r.seed: calibration_of(r.test) for r in predictions or ()}
+        calibrations = {r.seed: r.calibration for r in predictions or ()}
         done = [seed_run(s.detail, calibrations.get(s.detail["seed"])) for s in finished]
         title, intro = architecture_title(arch, members)
         report.sections.append(architecture_section(title, done, intro))

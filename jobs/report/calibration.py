@@ -10,35 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from jobs.data.labels import CLASSES
 from jobs.report import figures
 from jobs.report.seeds import Ensemble, RunPredictions
 from jobs.report.tables import fmt, markdown_table, mean_std
-from jobs.scoring.calibration import ECE_BINS, brier_per_class, ece_per_class, reliability_points
-from jobs.scoring.metrics import json_number, nanmean
-from jobs.scoring.predictions import Predictions
-
-
-@dataclass
-class Calibration:
-    """Per class Brier score and ECE of one scorer on test."""
-
-    brier: np.ndarray  # (14,)
-    ece: np.ndarray  # (14,)
-
-    @property
-    def avg_brier(self) -> float:
-        return nanmean(self.brier)
-
-    @property
-    def avg_ece(self) -> float:
-        return nanmean(self.ece)
-
-
-def calibration_of(test: Predictions) -> Calibration:
-    return Calibration(brier_per_class(test.labels, test.probs), ece_per_class(test.labels, test.probs))
+from jobs.scoring.calibration import ECE_BINS, calibration_of, reliability_points
+from jobs.scoring.metrics import json_number
 
 
 @dataclass
@@ -53,8 +30,8 @@ def calibration_section(name: str, arch: str, runs: list[RunPredictions], ensemb
     """One architecture's calibration table (seeds' mean +/- std and the ensemble, per class), its CSV
     rows, its report.json part and its reliability diagram."""
     runs = sorted(runs, key=lambda r: r.seed)
-    per_seed = [calibration_of(r.test) for r in runs]
-    ens = calibration_of(ensemble.test)
+    per_seed = [r.calibration for r in runs]
+    ens = calibration_of(ensemble.test.labels, ensemble.test.probs)
     rows = []
     for k, c in enumerate(CLASSES):
         rows.append(

@@ -8,13 +8,22 @@ Everything is computed from the runs' stored per-image predictions (``prediction
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 
 from jobs.data.labels import CLASSES
 from jobs.report.tables import fmt, markdown_table, mean_std
-from jobs.scoring.bootstrap import Resampling, bootstrap_auroc, interval, percentile_interval, row_nanmean
+from jobs.scoring.bootstrap import (
+    Resampling,
+    auroc_and_bootstrap,
+    bootstrap_auroc,
+    interval,
+    percentile_interval,
+    row_nanmean,
+)
+from jobs.scoring.calibration import Calibration, calibration_of
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
 from jobs.scoring.predictions import Predictions
 
@@ -25,6 +34,11 @@ class RunPredictions:
     val_auroc: np.ndarray  # per class, from result.json
     val: Predictions
     test: Predictions
+
+    @functools.cached_property
+    def calibration(self) -> Calibration:
+        """The run's calibration on test (computed once: the overall table and the calibration section use it)."""
+        return calibration_of(self.test.labels, self.test.probs)
 
 
 @dataclass
@@ -88,8 +102,9 @@ def measure(name: str, runs: list[RunPredictions], resampling: Resampling) -> Se
     runs = sorted(runs, key=lambda r: r.seed)
     counts = resampling.counts
     ens = ensemble(name, runs)
-    test_auroc = np.array([auroc_per_class(r.test.labels, r.test.probs) for r in runs])
-    boots = [bootstrap_auroc(r.test.labels, r.test.probs, counts) for r in runs]
+    scored = [auroc_and_bootstrap(r.test.labels, r.test.probs, counts) for r in runs]  # one sort per run
+    test_auroc = np.array([exact for exact, _ in scored])
+    boots = [boot for _, boot in scored]
     ens_boot = bootstrap_auroc(ens.test.labels, ens.test.probs, counts)
     probs = np.array([r.test.probs for r in runs])
     return SeedNumbers(

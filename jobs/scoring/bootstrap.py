@@ -99,31 +99,55 @@ def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) 
     """``(resamples, classes)`` AUROC of ``scores`` on each resample (NaN where a resample has no
     positive or no negative of a class). ``labels``, ``scores``: ``(n, classes)``; ``counts`` from
     :func:`resample_counts`."""
-    labels, scores = np.asarray(labels), np.asarray(scores)
-    if labels.shape != scores.shape or labels.ndim != 2 or counts.shape[1] != labels.shape[0]:
-        raise ValueError(f"labels {labels.shape}, scores {scores.shape} and counts {counts.shape} do not match")
-    if labels.shape[0] == 0:
-        return np.full((counts.shape[0], labels.shape[1]), np.nan)
-    order = np.argsort(scores, axis=0, kind="stable")  # (n, classes): image indices in score order
-    s_sorted = np.take_along_axis(scores, order, axis=0)
-    positive = np.take_along_axis(labels.astype(bool), order, axis=0)
-    # group_end[i, c]: one past the last position tied with position i (runs of equal scores).
-    new_run = np.ones_like(positive)
-    new_run[1:] = s_sorted[1:] != s_sorted[:-1]
-    group_end = np.empty(order.shape, dtype=np.int64)
-    for c in range(order.shape[1]):
-        starts = np.flatnonzero(new_run[:, c])
-        ends = np.append(starts[1:], order.shape[0])
-        group_end[:, c] = np.repeat(ends, ends - starts)
-    out = np.empty((counts.shape[0], labels.shape[1]))
-    _bootstrap_kernel(
-        np.ascontiguousarray(order.T),
-        np.ascontiguousarray(positive.T),
-        np.ascontiguousarray(group_end.T),
-        np.ascontiguousarray(counts.T),
-        out,
-    )
-    return out
+    return _Ranked(labels, scores, counts.shape[1]).auroc(counts)
+
+
+def auroc_and_bootstrap(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`exact_auroc` and :func:`bootstrap_auroc` of the same scores, sorting them once."""
+    ranked = _Ranked(labels, scores, counts.shape[1])
+    return ranked.auroc(np.ones((1, counts.shape[1]), dtype=np.uint8, order="F"))[0], ranked.auroc(counts)
+
+
+def exact_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``(classes,)`` AUROC of each class through the compiled kernel: one "resample" that draws every
+    image once. The same values as :func:`jobs.scoring.metrics.auroc_per_class` (scikit-learn), about
+    5x faster, which counts when a report scores 100 runs."""
+    ones = np.ones((1, np.shape(labels)[0]), dtype=np.uint8, order="F")
+    return bootstrap_auroc(labels, scores, ones)[0]
+
+
+class _Ranked:
+    """Each class's images in score order, with their labels and the ends of runs of tied scores: the
+    kernel's inputs, which cost one sort per class."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray, n: int):
+        labels, scores = np.asarray(labels), np.asarray(scores)
+        if labels.shape != scores.shape or labels.ndim != 2 or n != labels.shape[0]:
+            raise ValueError(f"labels {labels.shape}, scores {scores.shape} and counts of {n} images do not match")
+        self.classes = labels.shape[1]
+        self.empty = labels.shape[0] == 0
+        if self.empty:
+            return
+        order = np.argsort(scores, axis=0, kind="stable")  # (n, classes): image indices in score order
+        s_sorted = np.take_along_axis(scores, order, axis=0)
+        positive = np.take_along_axis(labels.astype(bool), order, axis=0)
+        # group_end[i, c]: one past the last position tied with position i (runs of equal scores).
+        new_run = np.ones_like(positive)
+        new_run[1:] = s_sorted[1:] != s_sorted[:-1]
+        group_end = np.empty(order.shape, dtype=np.int64)
+        for c in range(order.shape[1]):
+            starts = np.flatnonzero(new_run[:, c])
+            ends = np.append(starts[1:], order.shape[0])
+            group_end[:, c] = np.repeat(ends, ends - starts)
+        self.order, self.positive = np.ascontiguousarray(order.T), np.ascontiguousarray(positive.T)
+        self.group_end = np.ascontiguousarray(group_end.T)
+
+    def auroc(self, counts: np.ndarray) -> np.ndarray:
+        if self.empty:
+            return np.full((counts.shape[0], self.classes), np.nan)
+        out = np.empty((counts.shape[0], self.classes))
+        _bootstrap_kernel(self.order, self.positive, self.group_end, np.ascontiguousarray(counts.T), out)
+        return out
 
 
 @numba.njit(parallel=True, nogil=True, cache=False)

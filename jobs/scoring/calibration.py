@@ -16,6 +16,8 @@ report gives these beside Avg AUROC and Avg F1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 ECE_BINS = 15  # Guo et al. 2017's count; equal-mass, so each bin holds about n/15 images
@@ -33,13 +35,30 @@ def equal_mass_bins(probs: np.ndarray, bins: int = ECE_BINS) -> list[np.ndarray]
     """The image indices of each equal-mass bin of one class's probabilities, lowest first (ties kept together)."""
     probs = np.asarray(probs, dtype=np.float64)
     order = np.argsort(probs, kind="stable")
-    if not len(order):
-        return []
+    return np.split(order, _bin_bounds(probs[order], bins)[1:-1])
+
+
+def _bin_bounds(ranked: np.ndarray, bins: int) -> np.ndarray:
+    """``[0, cut, ..., n]``: where the equal-mass bins of sorted values start and end. The even cuts
+    (``numpy.array_split``'s sizes) each move past the run of ties they would split."""
+    n = len(ranked)
+    if n == 0:
+        return np.zeros(1, dtype=np.int64)
+    k = min(bins, n)
+    even = np.arange(1, k) * (n // k) + np.minimum(np.arange(1, k), n % k)  # array_split's boundaries
+    cuts = np.unique(np.searchsorted(ranked, ranked[even - 1], side="right"))
+    return np.concatenate([[0], cuts[cuts < n], [n]])
+
+
+def _binned_gaps(labels: np.ndarray, probs: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For one class: each equal-mass bin's image count, and its sums of labels and of probabilities
+    (from cumulative sums over the sorted values: no per-bin indexing)."""
+    order = np.argsort(probs)  # ties form one bin whatever their order, so any sort gives the same bins
     ranked = probs[order]
-    sizes = [len(b) for b in np.array_split(order, min(bins, len(order)))]
-    cuts = np.cumsum(sizes)[:-1]  # where the even cut would fall; moved past the ties of the value before it
-    cuts = np.unique(np.searchsorted(ranked, ranked[cuts - 1], side="right"))
-    return [b for b in np.split(order, cuts) if len(b)]
+    bounds = _bin_bounds(ranked, bins)
+    sum_p = np.concatenate([[0.0], np.cumsum(ranked)])[bounds]
+    sum_y = np.concatenate([[0.0], np.cumsum(labels[order])])[bounds]
+    return np.diff(bounds), np.diff(sum_y), np.diff(sum_p)
 
 
 def ece_per_class(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
@@ -49,8 +68,8 @@ def ece_per_class(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS) -
     if len(labels) == 0:
         return out
     for k in range(labels.shape[1]):
-        gaps = [(len(b), abs(labels[b, k].mean() - probs[b, k].mean())) for b in equal_mass_bins(probs[:, k], bins)]
-        out[k] = sum(n * gap for n, gap in gaps) / len(labels)
+        _, sum_y, sum_p = _binned_gaps(labels[:, k], probs[:, k], bins)
+        out[k] = np.abs(sum_y - sum_p).sum() / len(labels)  # sum over bins of n_b * |mean y - mean p|, over n
     return out
 
 
@@ -58,9 +77,8 @@ def reliability_points(labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BI
     """The points of a reliability diagram over every (image, class) pair pooled: per equal-mass bin, the
     mean predicted probability and the observed frequency of positives."""
     labels, probs = _checked(labels, probs)
-    y, p = labels.ravel(), probs.ravel()
-    groups = equal_mass_bins(p, bins)
-    return np.array([p[b].mean() for b in groups]), np.array([y[b].mean() for b in groups])
+    counts, sum_y, sum_p = _binned_gaps(labels.ravel(), probs.ravel(), bins)
+    return sum_p / counts, sum_y / counts
 
 
 def _checked(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,3 +86,23 @@ def _checked(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndar
     if labels.shape != probs.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and probabilities {probs.shape} must be the same (images, classes)")
     return labels, probs
+
+
+@dataclass
+class Calibration:
+    """Per class Brier score and ECE of one scorer, and their class averages."""
+
+    brier: np.ndarray  # (classes,)
+    ece: np.ndarray  # (classes,)
+
+    @property
+    def avg_brier(self) -> float:
+        return float(np.nanmean(self.brier)) if not np.isnan(self.brier).all() else float("nan")
+
+    @property
+    def avg_ece(self) -> float:
+        return float(np.nanmean(self.ece)) if not np.isnan(self.ece).all() else float("nan")
+
+
+def calibration_of(labels: np.ndarray, probs: np.ndarray) -> Calibration:
+    return Calibration(brier_per_class(labels, probs), ece_per_class(labels, probs))
