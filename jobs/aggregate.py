@@ -13,12 +13,20 @@ from collections.abc import Callable
 from jobs.errors import CxrStudyError
 from jobs.report.build import build
 from jobs.report.options import ReportOptions, load_options
-from jobs.store import Store, open_store
+from jobs.store import Store, layout, open_store
+from jobs.store.records import study_states
+from jobs.tracking import StudyTracker
 
 
 def run(study_id: str, store: Store, log: Callable[[str], None] = print, options: ReportOptions | None = None) -> str:
-    """Write the study's report; returns the URL of report.md (``options``: those kept with the study)."""
-    return build(study_id, store, log=log, options=options)
+    """Write the study's report; returns the URL of report.md (``options``: those kept with the study).
+    With MLflow tracking configured, the report goes to the study's parent run too."""
+    url = build(study_id, store, log=log, options=options)
+    tracker = StudyTracker(store, study_id, log)
+    if tracker.target is not None:
+        _, states = study_states(store, study_id)
+        tracker.report(store.get_text(layout.report_markdown_key(study_id)), url, all(s.ended for s in states))
+    return url
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ from jobs.report.options import keep_baseline, load_options, save_options
 from jobs.scoring.predictions import read_location, read_prediction_csv
 from jobs.spec.runs import JobSpec
 from jobs.spec.study import Study, expand, study_id
-from jobs.store import Store
-from jobs.store.records import write_study
+from jobs.store import Store, layout
+from jobs.store.records import write_json, write_study
 
 
 def read_baseline(name: str, location: str) -> tuple[str, bytes, str, int]:
@@ -52,6 +52,17 @@ def keep_report_settings(store: Store, sid: str, study: Study) -> None:
     save_options(store, sid, options)
 
 
+def keep_tracking_settings(store: Store, sid: str, study: Study) -> None:
+    """The study file's ``tracking:`` (MLflow), where the workers read it; a study file without it
+    removes settings an earlier submission kept (the file says what is tracked)."""
+    key = layout.tracking_key(sid)
+    if study.tracking.mlflow is None and study.tracking.experiment is None:
+        if store.exists(key):
+            store.delete(key)
+        return
+    write_json(store, key, {"mlflow": study.tracking.mlflow, "experiment": study.tracking.experiment})
+
+
 @dataclass(frozen=True)
 class Registered:
     study_id: str
@@ -67,6 +78,7 @@ def register(study: Study, store: Store, log: Callable[[str], None] = print) -> 
     jobs = expand(study, sid, data_prefix)
     keep_baselines(store, sid, baselines, log)
     keep_report_settings(store, sid, study)
+    keep_tracking_settings(store, sid, study)
     write_study(store, study.spec(), sid, data_prefix, jobs, study.source)
     log(f"study {sid}: {len(jobs)} runs ({', '.join(f'{g.architecture} x {len(g.seeds)}' for g in study.runs)})")
     return Registered(sid, data_prefix, jobs)

@@ -9,6 +9,7 @@ worker hours later, or quietly train something else (a negative learning rate), 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from jobs.errors import ConfigError
@@ -339,3 +340,26 @@ class ReportConfig:
         if self.bootstrap_unit is not None:
             one_of("bootstrap_unit", self.bootstrap_unit, BOOTSTRAP_UNITS)
         Range(MIN_RESAMPLES).check("resamples", self.resamples)
+
+
+TRACKING_URI = re.compile(r"^(https?|file|databricks|sqlite|postgresql|mysql)(\+\w+)?:")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """The study file's ``tracking:``: where its runs are logged besides the store. Not part of any id.
+
+    Args:
+        mlflow: an MLflow tracking URI (``http://mlflow.mlops:5000``); unset, the workers' own
+            ``MLFLOW_TRACKING_URI`` (the chart's ``tracking.mlflowUri``) is used, when they have one.
+        experiment: the MLflow experiment (default: ``$MLFLOW_EXPERIMENT_NAME``, else ``cxrstudy``).
+    """
+
+    mlflow: str | None = None
+    experiment: str | None = None
+
+    def check(self) -> None:
+        if self.mlflow is not None and not TRACKING_URI.match(self.mlflow):
+            raise ValueError(
+                f"mlflow: must be a tracking URI such as http://mlflow:5000 or file:///path (got {self.mlflow!r})"
+            )

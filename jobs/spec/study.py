@@ -10,6 +10,7 @@ runs:
   efficientnet_b2: {seeds: [22, 32, 42], training: {lr: 3.0e-4}}
 baselines: {chexnet: predictions/chexnet.csv}   # optional: other systems' predictions, in the report
 report: {bootstrap_unit: patient, resamples: 1000}  # optional: how the report draws its intervals
+tracking: {mlflow: http://mlflow.mlops:5000, experiment: cxr}  # optional: log the runs to MLflow too
 ```
 
 Every key is checked: an unknown key, a wrong type or a bad value is a one-line error naming the
@@ -29,7 +30,7 @@ import yaml
 
 from jobs.errors import ConfigError, StudyFileError
 from jobs.spec.architectures import check_architecture
-from jobs.spec.configs import SEED, PrepConfig, ReportConfig, TrainConfig
+from jobs.spec.configs import SEED, PrepConfig, ReportConfig, TrackingConfig, TrainConfig
 from jobs.spec.runs import JobSpec, job_id
 from jobs.spec.runs import study_id as _study_id
 from jobs.spec.schema import build, coerce, unknown_key
@@ -74,6 +75,7 @@ class Study:
     # the spec or the study id: a baseline changes the report, not the runs.
     baselines: tuple[tuple[str, str], ...] = ()
     report: ReportConfig = ReportConfig()  # how the report computes its intervals; not part of the id either
+    tracking: TrackingConfig = TrackingConfig()  # where the runs are logged besides the store; nor this
 
     def spec(self) -> dict:
         """The normalised spec, as written into study.json (and hashed into the study id)."""
@@ -101,7 +103,7 @@ def _parse(data) -> Study:
         raise ValueError(
             "the study file must be a mapping with name, dataset, runs (and optional preprocessing, training)"
         )
-    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines", "report")
+    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines", "report", "tracking")
     for key in data:
         if key not in known:
             raise unknown_key("", key, known)
@@ -151,7 +153,10 @@ def _parse(data) -> Study:
         if baseline in runs:
             raise ValueError(f"baselines.{baseline}: the name of an architecture in runs; give the baseline another")
     report = build(ReportConfig, data.get("report"), "report")
-    return Study(name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines, report=report)
+    tracking = build(TrackingConfig, data.get("tracking"), "tracking")
+    return Study(
+        name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines, report=report, tracking=tracking
+    )
 
 
 def _baselines(entry) -> tuple[tuple[str, str], ...]:

@@ -10,6 +10,8 @@
     studies/<study-id>/study.json                 the spec as submitted and the expanded job list
     studies/<study-id>/cancel.json                a cancel request (removed by resume and submit)
     studies/<study-id>/report_options.json        what `cxrstudy report` asked for
+    studies/<study-id>/tracking.json              the study file's `tracking:` (MLflow), for the workers
+    studies/<study-id>/mlflow.json                the study's MLflow parent run, once resolved
     studies/<study-id>/baselines/<name>.csv       external baselines' predictions
     studies/<study-id>/report/<file>              report.md, the CSVs, report.json
     studies/<study-id>/aggregate_error.json       why the last aggregate job failed (removed when one succeeds)
@@ -140,6 +142,16 @@ def options_key(study_id: str) -> str:
     return f"{study_prefix(study_id)}/report_options.json"
 
 
+def tracking_key(study_id: str) -> str:
+    """The study file's ``tracking:`` settings, for the workers."""
+    return f"{study_prefix(study_id)}/tracking.json"
+
+
+def mlflow_key(study_id: str) -> str:
+    """The study's MLflow parent run (tracking URI, experiment and run id), once a worker resolved it."""
+    return f"{study_prefix(study_id)}/mlflow.json"
+
+
 def baselines_prefix(study_id: str) -> str:
     return f"{study_prefix(study_id)}/baselines/"
 
@@ -200,6 +212,10 @@ class JobKeys:
     @property
     def provenance(self) -> str:  # versions, hardware, attempts and seconds of the run
         return f"{self.prefix}/provenance.json"
+
+    @property
+    def mlflow(self) -> str:  # the run's MLflow run id, so a resumed attempt logs to the same run
+        return f"{self.prefix}/mlflow.json"
 
     @property
     def metrics(self) -> str:  # one line per finished epoch

@@ -41,6 +41,7 @@ from jobs.scoring.predictions import as_stored, predictions_csv
 from jobs.spec.runs import JobSpec
 from jobs.store import Store
 from jobs.store.records import read_json, write_result
+from jobs.tracking import RunTracker
 from jobs.training import checkpoints, provenance
 from jobs.training.checkpoints import RunProgress
 from jobs.training.losses import create_loss
@@ -100,15 +101,29 @@ def run(
     if (done := read_json(store, job.keys.result)) is not None:  # a damaged one raises, naming it
         log(f"{job.job_id}: result.json exists; skipped")
         return done
+    tracker = RunTracker(store, job, log)  # MLflow, when configured; its failures are warnings
+
+    def epoch_done(record: dict) -> None:
+        tracker.epoch(record)
+        if on_epoch:
+            on_epoch(record)
+
     with Trainer(job, store, device or pick_device(), log) as trainer:
         trainer.start_or_resume(worker, attempt)
+        tracker.start(trainer.manifest.get("config"))
         started = time.monotonic()
-        for epoch in range(trainer.progress.epoch, job.training.epochs):
-            if trainer.out_of_patience():
-                break
-            if not trainer.run_epoch(epoch, on_step, on_epoch):
-                return None  # on_step stopped the run inside the epoch
-        return trainer.test_best(started)
+        try:
+            for epoch in range(trainer.progress.epoch, job.training.epochs):
+                if trainer.out_of_patience():
+                    break
+                if not trainer.run_epoch(epoch, on_step, epoch_done):
+                    return None  # on_step stopped the run inside the epoch
+            result = trainer.test_best(started)
+        except Exception as exc:
+            tracker.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        tracker.finish(result, trainer.provenance)
+        return result
 
 
 class Evaluation:

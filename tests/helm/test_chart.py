@@ -168,6 +168,16 @@ def test_hardened_security_context_everywhere(helm, tmp_path):
     # What provenance.json records of where a run ran: the image and the pod.
     assert worker_env["CXRSTUDY_IMAGE"]["value"] == pods["gpu-worker"]["spec"]["containers"][0]["image"]
     assert worker_env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert "MLFLOW_TRACKING_URI" not in worker_env  # tracking is off unless a URI is given
+
+
+def test_mlflow_tracking_reaches_every_worker_as_the_clients_variables(helm, tmp_path):
+    values = {"tracking": {"mlflowUri": "http://mlflow.mlops.svc:5000", "experiment": "cxr"}}
+    _, docs = render(helm, tmp_path, values)
+    for component in ("gpu-worker", "cpu-worker"):
+        env = {e["name"]: e.get("value") for e in pod_specs(docs)[component]["spec"]["containers"][0]["env"]}
+        assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.mlops.svc:5000", component
+        assert env["MLFLOW_EXPERIMENT_NAME"] == "cxr", component
 
 
 def _all_env(docs):
@@ -353,6 +363,8 @@ def test_rbac_covers_the_cluster_commands_and_no_more(helm, tmp_path):
         ({"redis": {"enabled": False}}, "at '/externalRedis/host'"),
         ({"worker": {"sigtermGrace": "long"}}, "at '/worker/sigtermGrace'"),
         ({"keda": {"countRunning": "yes"}}, "at '/keda/countRunning': got string, want boolean"),
+        ({"tracking": {"mlflowUri": "mlflow:5000"}}, "at '/tracking/mlflowUri'"),
+        ({"tracking": {"mlfowUri": "http://m:5000"}}, "additional properties 'mlfowUri' not allowed"),
     ],
 )
 def test_bad_values_fail_with_the_schema_message(helm, tmp_path, values, message):

@@ -45,7 +45,8 @@ def test_pins_agree_with_pyproject(dockerfile):
     assert args["TORCH_CUDA"].startswith("cu")  # the CUDA flavour is a build argument
     (torch_install,) = [r for r in instructions(dockerfile, "RUN") if "download.pytorch.org" in r]
     assert "${TORCH_CUDA}" in torch_install and '"torch==${TORCH_VERSION}"' in torch_install
-    assert any('pip install "./[train]"' in r for r in instructions(dockerfile, "RUN"))  # the image trains
+    # The image trains, and tracks to MLflow when a URI is given.
+    assert any('pip install "./[train,mlflow]"' in r for r in instructions(dockerfile, "RUN"))
 
 
 def test_two_stages_venv_copied_and_non_root(dockerfile):

@@ -99,6 +99,14 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
       name: {{ .Values.store.existingSecret }}
       key: {{ .Values.store.secretAccessKeyKey }}
 {{- end }}
+{{- if .Values.tracking.mlflowUri }}
+- name: MLFLOW_TRACKING_URI
+  value: {{ .Values.tracking.mlflowUri | quote }}
+{{- end }}
+{{- if .Values.tracking.experiment }}
+- name: MLFLOW_EXPERIMENT_NAME
+  value: {{ .Values.tracking.experiment | quote }}
+{{- end }}
 - name: CXRSTUDY_VISIBILITY_TIMEOUT
   value: {{ .Values.worker.visibilityTimeout | quote }}
 - name: CXRSTUDY_RESTORE_INTERVAL

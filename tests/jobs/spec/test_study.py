@@ -56,6 +56,20 @@ def test_report_settings_are_read_and_leave_the_ids_alone(tmp_path):
             load_study_file(write(tmp_path, MINIMAL + text + "\n"))
 
 
+def test_tracking_settings_are_read_and_leave_the_ids_alone(tmp_path):
+    plain = load_study_file(write(tmp_path, MINIMAL))
+    study = load_study_file(write(tmp_path, MINIMAL + "tracking: {mlflow: 'http://mlflow:5000', experiment: cxr}\n"))
+    assert (study.tracking.mlflow, study.tracking.experiment) == ("http://mlflow:5000", "cxr")
+    assert study_id(study, "abc") == study_id(plain, "abc")
+    for text, message in [
+        ("tracking: {mlflow: 'mlflow:5000'}", r"tracking\.mlflow: must be a tracking URI such as http://mlflow:5000"),
+        ("tracking: {mlflow_uri: x}", r"tracking\.mlflow_uri: unknown key; did you mean 'mlflow'\?"),
+        ("tracking: yes", r"tracking: must be a mapping \(got True\)"),
+    ]:
+        with pytest.raises(StudyFileError, match=rf"^{tmp_path / 'study.yaml'}: {message}"):
+            load_study_file(write(tmp_path, MINIMAL + text + "\n"))
+
+
 def test_ids_are_content_hashes(tmp_path):
     study = load_study_file(write(tmp_path, MINIMAL))
     sid = study_id(study, "abc")
