@@ -25,11 +25,13 @@ def sandbox(tmp_path):
     return tmp_path
 
 
-def study_file(sandbox, dataset, training: str = "", preprocessing: str = "", runs: str = "{resnet18: [1]}"):
-    """``study.yaml`` in the sandbox, over ``dataset`` (a location, or a mapping's YAML)."""
+def study_file(sandbox, dataset, training: str = "", preprocessing: str = "", runs: str = "{resnet18: [1]}", **more):
+    """``study.yaml`` in the sandbox, over ``dataset`` (a location, or a mapping's YAML); ``more``: other
+    sections (``report``, ``tracking``) as YAML."""
     text = f"name: bad\ndataset: {dataset}\n"
     text += f"preprocessing: {preprocessing}\n" if preprocessing else ""
     text += f"training: {training}\n" if training else ""
+    text += "".join(f"{section}: {value}\n" for section, value in more.items())
     (sandbox / "study.yaml").write_text(text + f"runs: {runs}\n")
     return "study.yaml"
 
@@ -125,6 +127,13 @@ def test_report_names(registered, args, fragments):
         (
             {"runs": "{resnet18: {seeds: [1], training: {min_lr_ratio: -2}}}"},
             "runs.resnet18.training.min_lr_ratio: must be between 0 and 1 (got -2)",
+        ),
+        ({"report": "{resamples: 10}"}, "report.resamples: must be at least 100 (got 10)"),
+        ({"report": "{bootstrap_unit: study}"}, "report.bootstrap_unit: must be one of patient, image (got 'study')"),
+        (
+            {"tracking": "{mlflow: 'mlflow.mlops:5000'}"},
+            "tracking.mlflow: must be a tracking URI such as http://mlflow:5000 or file:///path "
+            "(got 'mlflow.mlops:5000')",
         ),
     ],
 )
