@@ -41,6 +41,11 @@ def clahe(gray: np.ndarray, clip_limit: float = 2.0, tile_grid: int = 8) -> np.n
     return cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tile_grid, tile_grid)).apply(gray)
 
 
+def resize(gray: np.ndarray, size: int) -> np.ndarray:
+    """An INTER_AREA resize to ``size`` x ``size``: what a study without CLAHE stores."""
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+
+
 def preprocess(gray: np.ndarray, size: int, clip_limit: float = 2.0, tile_grid: int = 8) -> np.ndarray:
     """CLAHE at native resolution, then an INTER_AREA resize to ``size`` x ``size``."""
-    return cv2.resize(clahe(gray, clip_limit, tile_grid), (size, size), interpolation=cv2.INTER_AREA)
+    return resize(clahe(gray, clip_limit, tile_grid), size)

@@ -35,7 +35,7 @@ MANIFEST_FORMAT = "cxrstudy-shards/3"
 
 def prep_hash(dataset: NihDataset, config: PrepConfig) -> str:
     blob = json.dumps(
-        {"config": asdict(config), "dataset": dataset.fingerprint, "format": MANIFEST_FORMAT}, sort_keys=True
+        {"config": config.hashed(), "dataset": dataset.fingerprint, "format": MANIFEST_FORMAT}, sort_keys=True
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -51,7 +51,15 @@ def plan(
     dataset_uri: str, config: PrepConfig, dataset_id: str | None = None, log: Callable[[str], None] = print
 ) -> tuple[NihDataset, str]:
     """Read the dataset's metadata and listing: the dataset and the store prefix its shards go to."""
-    dataset = read_nih(open_store(dataset_uri), config.val_fraction, config.split_seed, log=log)
+    fractions = (config.split_fractions.train, config.split_fractions.val, config.split_fractions.test)
+    dataset = read_nih(
+        open_store(dataset_uri),
+        config.val_fraction,
+        config.split_seed,
+        log=log,
+        protocol=config.split,
+        fractions=fractions,
+    )
     log(f"dataset: {dataset.describe()}")
     return dataset, layout.dataset_prefix(dataset_id or dataset_id_for(dataset_uri), prep_hash(dataset, config))
 

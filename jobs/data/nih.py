@@ -6,10 +6,18 @@ Expected layout (any store: a local folder or ``s3://bucket/prefix``)::
     train_val_list.txt, test_list.txt
     images/*.png  or  images_001/images/*.png ... images_012/images/*.png
 
-The test split is ``test_list.txt``. Validation is carved from ``train_val_list.txt`` by patient
-id, with a split seed that is not any training seed, so that every run of a study sees the same
-split and no patient is in two splits. The carving uses every patient of the list, present or
-not, so the split of an image does not change when more archives are downloaded.
+Two split protocols (:func:`assign_splits`), both by patient (no patient is in two splits) and by a
+split seed that is not any training seed, so every run of a study sees the same split:
+
+- ``official``: the test split is ``test_list.txt``; validation is carved from
+  ``train_val_list.txt`` by patient id (``val_fraction`` of its patients).
+- ``random``: the CheXNet reimplementations' protocol, whose numbers are not comparable with the
+  official split's: the patients of both lists, shuffled, fill test, then validation, then train,
+  each up to its fraction of the images, so each split's share of the images is its fraction to
+  within one patient's images.
+
+Either uses every listed image, present or not, so the split of an image does not change when more
+archives are downloaded.
 
 Listed images that are absent are counted and reported (a user often has only some archives).
 """
@@ -142,13 +150,57 @@ def split_of(list_name: str, patient: int, val_patients: set[int]) -> str:
     return "test" if list_name == "test" else ("val" if patient in val_patients else "train")
 
 
+PROTOCOLS = ("official", "random")
+DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)  # train, val, test of a random split
+
+
+def random_split(patients: np.ndarray, fractions: tuple[float, float, float], split_seed: int) -> dict[int, str]:
+    """Each patient's split in a patient-wise random split of images ``patients`` (one entry per image):
+    the patients, shuffled by ``split_seed``, fill test, then val, then train, a patient going to the
+    split its first image would fall in, so each split's image count is within one patient's images
+    of its fraction."""
+    unique, counts = np.unique(patients, return_counts=True)
+    order = np.random.default_rng(split_seed).permutation(len(unique))
+    start = np.cumsum(counts[order]) - counts[order]  # images before each patient, in shuffled order
+    n = counts.sum()
+    _, val, test = fractions
+    split = np.where(start < test * n, "test", np.where(start < (test + val) * n, "val", "train"))
+    return dict(zip(unique[order].tolist(), split.tolist()))
+
+
+def assign_splits(
+    metadata: dict,
+    lists: dict[str, list[str]],
+    val_fraction: float,
+    split_seed: int,
+    protocol: str = "official",
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
+) -> dict[str, str]:
+    """Each listed image's split (``train``, ``val`` or ``test``) under ``protocol``."""
+    if protocol == "official":
+        val_patients = carve_validation(
+            np.array([metadata[n][0] for n in lists["train_val"]]), val_fraction, split_seed
+        )
+        return {
+            n: split_of(list_name, metadata[n][0], val_patients) for list_name, names in lists.items() for n in names
+        }
+    if protocol != "random":
+        raise ConfigError(f"unknown split protocol {protocol!r}; choose one of: {', '.join(PROTOCOLS)}")
+    names = list(dict.fromkeys(n for listed in lists.values() for n in listed))
+    of_patient = random_split(np.array([metadata[n][0] for n in names]), fractions, split_seed)
+    return {n: of_patient[metadata[n][0]] for n in names}
+
+
 def read_nih(
     store: Store,
     val_fraction: float = 0.1,
     split_seed: int = 20171,
     log: Callable[[str], None] | None = None,
+    *,
+    protocol: str = "official",
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
 ) -> NihDataset:
-    """Read metadata, split lists and the image index of an NIH-layout dataset."""
+    """Read metadata, split lists and the image index of an NIH-layout dataset, split by ``protocol``."""
     _check_val_fraction(val_fraction)
     metadata_file = find_metadata(store)
     metadata_bytes = _read_text(store, metadata_file)
@@ -169,17 +221,20 @@ def read_nih(
     if log:
         log(f"dataset: {len(present):,} images found under {store.uri}")
 
-    val_patients = carve_validation(np.array([metadata[n][0] for n in lists["train_val"]]), val_fraction, split_seed)
+    split_of_image = assign_splits(metadata, lists, val_fraction, split_seed, protocol, fractions)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     missing = {"train_val": 0, "test": 0}
+    seen: set[str] = set()
     for list_name, names in lists.items():
         for name in names:
             if name not in present:
                 missing[list_name] += 1
                 continue
+            if name in seen:  # listed twice (in both lists): one record
+                continue
+            seen.add(name)
             patient, labels = metadata[name]
-            split = split_of(list_name, patient, val_patients)
-            splits[split].append(Record(name, present[name], patient, tuple(int(v) for v in labels)))
+            splits[split_of_image[name]].append(Record(name, present[name], patient, tuple(int(v) for v in labels)))
     listed_names = set(lists["train_val"]) | set(lists["test"])
     dataset = NihDataset(
         source=store.uri,
@@ -200,7 +255,13 @@ def read_nih(
 
 
 def labelled_splits(
-    store: Store, wanted: Iterable[str], val_fraction: float = 0.1, split_seed: int = 20171
+    store: Store,
+    wanted: Iterable[str],
+    val_fraction: float = 0.1,
+    split_seed: int = 20171,
+    *,
+    protocol: str = "official",
+    fractions: tuple[float, float, float] = DEFAULT_FRACTIONS,
 ) -> dict[str, tuple[list[str], np.ndarray]]:
     """Names (sorted) and (n, 14) uint8 labels of each wanted split, from the metadata CSV and the two
     lists alone (no image is listed): the splits :func:`read_nih` gives when every image is present."""
@@ -212,15 +273,15 @@ def labelled_splits(
     metadata_file = find_metadata(store)
     metadata = read_metadata(store.get_bytes(metadata_file), store.url(metadata_file))
     names: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for list_name in sorted({"test" if s == "test" else "train_val" for s in wanted}):
-        listed, _ = read_split_list(store, list_name, metadata, metadata_file)
-        val_patients = (
-            carve_validation(np.array([metadata[n][0] for n in listed]), val_fraction, split_seed)
-            if list_name == "train_val"
-            else set()
-        )
-        for n in listed:
-            names[split_of(list_name, metadata[n][0], val_patients)].append(n)
+    if protocol == "official":  # a split's images come from one list: read only what is needed
+        needed = sorted({"test" if s == "test" else "train_val" for s in wanted})
+    else:
+        needed = list(SPLIT_FILES)
+    lists = {name: read_split_list(store, name, metadata, metadata_file)[0] for name in needed}
+    if protocol == "official" and "train_val" not in lists:
+        lists["train_val"] = []  # the test split needs no carving
+    for n, split in assign_splits(metadata, lists, val_fraction, split_seed, protocol, fractions).items():
+        names[split].append(n)
     out = {}
     for split in wanted:
         ordered = sorted(dict.fromkeys(names[split]))

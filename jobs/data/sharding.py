@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from jobs.data.clahe import decode_gray, preprocess
+from jobs.data.clahe import decode_gray, preprocess, resize
 from jobs.data.manifest import build_manifest, dataset_summary, load_manifest, manifest_exists, plan, shard_entry
 from jobs.data.nih import SPLITS, NihDataset, Record
 from jobs.data.shards import build_shard, encode_pixels
@@ -44,9 +44,14 @@ def _init_worker(dataset_uri: str, config: PrepConfig) -> None:
 
 
 def process_image(store: Store, cfg: PrepConfig, record: Record) -> bytes:
-    """One image, read from the dataset's store, CLAHE'd, resized and encoded: a shard's payload."""
+    """One image, read from the dataset's store, CLAHE'd (unless ``cfg.clahe`` is off), resized and
+    encoded: a shard's payload."""
     gray = decode_gray(store.get_bytes(record.key), store.url(record.key))
-    return encode_pixels(preprocess(gray, cfg.image_size, cfg.clip_limit, cfg.tile_grid), cfg.encoding)
+    if cfg.clahe:
+        pixels = preprocess(gray, cfg.image_size, cfg.clip_limit, cfg.tile_grid)
+    else:
+        pixels = resize(gray, cfg.image_size)
+    return encode_pixels(pixels, cfg.encoding)
 
 
 def _process(record: Record) -> bytes:

@@ -52,7 +52,7 @@ from jobs.scoring.calibration import Calibration
 from jobs.scoring.metrics import json_number
 from jobs.scoring.predictions import Predictions, read_predictions
 from jobs.store import Store, layout
-from jobs.store.records import SUCCEEDED, TERMINAL, RunState, damaged, missing_fields, study_states
+from jobs.store.records import SUCCEEDED, TERMINAL, RunState, damaged, missing_fields, read_json, study_states
 
 NOT_FINISHED = "not finished"  # report.json's status of a run that has not ended
 # What the report reads from a succeeded run's result.json (the trainer writes these and more); the
@@ -124,18 +124,39 @@ def seed_run(result: dict, calibration: Calibration | None = None) -> SeedRun:
     )
 
 
-def architecture_title(arch: str, runs: list[RunState]) -> tuple[str, str]:
-    """The section's title and introduction, in the words of the reference write-ups."""
+SPLIT_NAMES = {
+    "official": "NIH's official split: test_list.txt, validation carved from train_val_list.txt by patient",
+    "random": "a patient-wise random split of NIH's images ({train:.0%} / {val:.0%} / {test:.0%}), the CheXNet "
+    "reimplementations' protocol, not comparable with the official split's numbers",
+}
+
+
+def prepared_config(store: Store, data_prefix: str) -> dict:
+    """The preprocessing a run's data was prepared with (its manifest's ``config``); {} when the manifest
+    cannot be read (the report then names the defaults: CLAHE, the official split)."""
+    try:
+        config = read_json(store, layout.manifest_key(data_prefix)) or {}
+    except DamagedArtifact:
+        return {}
+    return config.get("config") if isinstance(config.get("config"), dict) else {}
+
+
+def architecture_title(arch: str, runs: list[RunState], prep: dict) -> tuple[str, str]:
+    """The section's title and introduction, in the words of the reference write-ups, from the actual
+    config: "CLAHE" only when CLAHE was on, the loss's name, the split protocol."""
     loss_name = runs[0].job.training.loss.name
     loss = LOSS_NAMES.get(loss_name, loss_name)
     test_images = next(s.detail["test"]["images"] for s in runs if s.state == SUCCEEDED)
-    title = f"{display_name(arch)} (CLAHE) with {loss} — Random Seed Impact"
+    clahe = prep.get("clahe", True)
+    title = f"{display_name(arch)}{' (CLAHE)' if clahe else ''} with {loss} — Random Seed Impact"
+    fractions = prep.get("split_fractions") or {"train": 0.7, "val": 0.1, "test": 0.2}
+    protocol = SPLIT_NAMES.get(prep.get("split", "official"), SPLIT_NAMES["official"]).format(**fractions)
     intro = (
         f"This experiment evaluates the effect of different random seeds on the performance of the "
-        f"CLAHE-enhanced {display_name(arch)} model (timm `{arch}`) trained with {loss}. All runs use the "
-        f"same architecture, preprocessing, and training protocol, varying only the random seed. "
-        f"Metrics are on the test split ({test_images:,} images); F1 uses per-class thresholds chosen "
-        f"on validation."
+        f"{'CLAHE-enhanced ' if clahe else ''}{display_name(arch)} model (timm `{arch}`) trained with {loss}. All "
+        f"runs use the same architecture, preprocessing, and training protocol, varying only the random seed. "
+        f"Metrics are on the test split ({test_images:,} images; {protocol}); F1 uses per-class thresholds "
+        f"chosen on validation."
     )
     return title, intro
 
@@ -329,7 +350,7 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         predictions = run_predictions(store, finished)
         calibrations = {r.seed: r.calibration for r in predictions or ()}
         done = [seed_run(s.detail, calibrations.get(s.detail["seed"])) for s in finished]
-        title, intro = architecture_title(arch, members)
+        title, intro = architecture_title(arch, members, prepared_config(store, members[0].job.data_prefix))
         report.sections.append(architecture_section(title, done, intro))
         cross.append((display_name(arch), done))
         files, report.structured["architectures"][arch] = seed_tables(arch, done)

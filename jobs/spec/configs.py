@@ -10,7 +10,7 @@ worker hours later, or quietly train something else (a negative learning rate), 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from jobs.errors import ConfigError
 from jobs.store.layout import key_problem
@@ -20,6 +20,7 @@ SCHEDULES = ("cosine", "constant")
 MONITORS = ("val_auroc", "val_loss")
 HEAD_INITS = ("prior", "default")
 ENCODINGS = ("png", "npy")  # pixels in a shard: png (small) or raw uint8 .npy (fastest to decode)
+SPLIT_PROTOCOLS = ("official", "random")  # NIH's test_list.txt, or a patient-wise random split of everything
 
 # Each loss's keyword arguments and defaults: what ``training.loss`` may set. ``jobs.training.losses``
 # builds the modules; a test checks that these match their signatures.
@@ -96,15 +97,29 @@ PREP_RANGES = {
 
 
 @dataclass(frozen=True)
+class SplitFractions:
+    """The image fractions of a random split (``preprocessing.split: random``); they sum to 1."""
+
+    train: float = 0.7
+    val: float = 0.1
+    test: float = 0.2
+
+
+@dataclass(frozen=True)
 class PrepConfig:
-    """Preprocessing settings; every field is part of the prep hash.
+    """Preprocessing settings; every field that decides the prepared data is part of the prep hash
+    (:meth:`hashed`).
 
     Args:
         image_size: side of the stored square image, in pixels.
+        clahe: CLAHE before the resize (False: the plain INTER_AREA resize of the film).
         clip_limit: CLAHE contrast limit.
         tile_grid: CLAHE tiles per side.
-        val_fraction: fraction of train_val patients carved out as validation.
-        split_seed: seed of that carving (not a training seed: every run shares the split).
+        split: ``official`` (NIH's ``test_list.txt``; validation carved from ``train_val_list.txt`` by
+            patient) or ``random`` (a patient-wise random split of both lists with ``split_fractions``).
+        val_fraction: with ``official``, the fraction of train_val patients carved out as validation.
+        split_fractions: with ``random``, the image fractions of train, val and test.
+        split_seed: seed of the split (not a training seed: every run shares the split).
         shard_size: images per tar shard.
         encoding: ``png`` (small) or ``npy`` (raw uint8, fastest to decode).
     """
@@ -116,6 +131,25 @@ class PrepConfig:
     split_seed: int = 20171
     shard_size: int = 1000
     encoding: str = "png"
+    clahe: bool = True
+    split: str = "official"
+    split_fractions: SplitFractions = SplitFractions()
+
+    def hashed(self) -> dict:
+        """What the prep hash covers. Settings that do not apply are left out (``clip_limit`` and
+        ``tile_grid`` without CLAHE, ``val_fraction`` with a random split, ``split_fractions`` with the
+        official one), and so are the fields added after format 3 (``clahe``, ``split``) at their
+        earlier behaviour, so a study that does not use them keeps its ids."""
+        fields = asdict(self)
+        if self.clahe:
+            del fields["clahe"]
+        else:
+            del fields["clip_limit"], fields["tile_grid"]
+        if self.split == "official":
+            del fields["split"], fields["split_fractions"]
+        else:
+            del fields["val_fraction"]
+        return fields
 
     def __post_init__(self):
         # Checked on construction, not only from a study file: `cxrstudy prepare` builds one from its flags.
@@ -127,7 +161,21 @@ class PrepConfig:
     def check(self) -> None:
         """Value checks; the message starts with the field name."""
         one_of("encoding", self.encoding, ENCODINGS)
+        one_of("split", self.split, SPLIT_PROTOCOLS)
         check_ranges(self, PREP_RANGES)
+        f = self.split_fractions
+        for name in ("train", "val", "test"):  # every split needs images
+            Range(0, 1, low_open=True, high_open=True).check(f"split_fractions.{name}", getattr(f, name))
+        if abs(f.train + f.val + f.test - 1.0) > 1e-9:
+            raise ValueError(
+                f"split_fractions: train, val and test must sum to 1 (got {shown(f.train)} + {shown(f.val)} + "
+                f"{shown(f.test)} = {f.train + f.val + f.test:.6g})"
+            )
+        if self.split == "official" and self.split_fractions != SplitFractions():
+            raise ValueError(
+                "split_fractions: only with split: random (the official split's test set is NIH's test_list.txt; "
+                "its validation share is val_fraction)"
+            )
 
 
 def prep_from_flags(**flags) -> PrepConfig:

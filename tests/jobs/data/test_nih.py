@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jobs.data.labels import CLASSES, encode_findings
-from jobs.data.nih import read_nih
+from jobs.data.nih import labelled_splits, read_metadata, read_nih
 from jobs.errors import DatasetError
 from jobs.store import LocalStore
 
@@ -89,3 +89,38 @@ def test_synthetic_prevalences_are_realistic(synthetic):
     prevalence = labels.mean(axis=0)
     assert prevalence[CLASSES.index("Infiltration")] == prevalence.max()
     assert (labels[:, CLASSES.index("Hernia")].sum()) >= 10  # rare, but floored: 5 per list
+
+
+def test_the_random_split_of_the_real_metadata_is_by_patient_and_its_fractions_hold(nih_sample):
+    """NIH's 112,120 listed images (metadata and lists only), 70/10/20 by patient: no patient in two splits,
+    and each split's image count within one patient's images of its fraction."""
+    store = LocalStore(nih_sample)
+    splits = labelled_splits(
+        store, ("train", "val", "test"), split_seed=5, protocol="random", fractions=(0.7, 0.1, 0.2)
+    )
+    metadata = read_metadata((nih_sample / "Data_Entry_2017_v2020.csv").read_bytes(), "metadata")
+    patients = {s: {metadata[n][0] for n in splits[s][0]} for s in splits}
+    assert not (patients["train"] & patients["val"]) and not (patients["train"] & patients["test"])
+    assert not (patients["val"] & patients["test"])
+    total = sum(len(names) for names, _ in splits.values())
+    assert total == 112_120
+    per_patient: dict[int, int] = {}
+    for patient, _ in metadata.values():
+        per_patient[patient] = per_patient.get(patient, 0) + 1
+    largest = max(per_patient.values())  # 184 films of one patient
+    for split, fraction in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        assert abs(len(splits[split][0]) - fraction * total) <= largest, split
+    again = labelled_splits(store, ("test",), split_seed=5, protocol="random", fractions=(0.7, 0.1, 0.2))
+    assert again["test"][0] == splits["test"][0]  # the split seed fixes it
+    other = labelled_splits(store, ("test",), split_seed=6, protocol="random", fractions=(0.7, 0.1, 0.2))
+    assert other["test"][0] != splits["test"][0]
+    official = labelled_splits(store, ("test",))["test"][0]
+    assert len(official) == 25_596 and official != splits["test"][0]
+
+
+def test_read_nih_splits_the_present_images_by_the_same_random_protocol(synthetic):
+    ds = read_nih(LocalStore(synthetic), split_seed=3, protocol="random", fractions=(0.6, 0.2, 0.2))
+    expected = labelled_splits(LocalStore(synthetic), ("train", "val", "test"), split_seed=3, protocol="random",
+                               fractions=(0.6, 0.2, 0.2))  # fmt: skip
+    for split in ("train", "val", "test"):
+        assert sorted(r.image for r in ds.splits[split]) == expected[split][0]

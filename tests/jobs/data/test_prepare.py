@@ -57,6 +57,26 @@ def test_prepare_real_sample_shards_match_opencv(nih_sample, tmp_path):
     assert s.pixels.tobytes() == expected.tobytes()
 
 
+def test_without_clahe_a_real_images_shard_is_opencvs_plain_resize_under_its_own_prefix(nih_sample, tmp_path):
+    store = LocalStore(tmp_path)
+    with_clahe = prepare.run(str(nih_sample), store, PrepConfig(image_size=64, shard_size=40), workers=1, **quiet)
+    plain = prepare.run(
+        str(nih_sample), store, PrepConfig(image_size=64, shard_size=40, clahe=False), workers=1, **quiet
+    )
+    assert plain["prefix"] != with_clahe["prefix"] and plain["config"]["clahe"] is False
+    # The same split, so the two arms of a CLAHE ablation are scored on the same images.
+    for split in ("train", "val", "test"):
+        assert plain["splits"][split]["images"] == with_clahe["splits"][split]["images"]
+    with store.open(f"{plain['prefix']}/shards/test-000000.tar") as fh:
+        samples = list(read_shard(fh, "png", "test shard", plain["splits"]["test"]["shards"][0]))
+    assert len(samples) == 30
+    for s in samples:
+        gray = cv2.imread(str(nih_sample / "images" / s.image), cv2.IMREAD_UNCHANGED)
+        gray = cv2.cvtColor(gray, cv2.COLOR_BGRA2GRAY) if gray.ndim == 3 else gray
+        expected = cv2.resize(gray, (64, 64), interpolation=cv2.INTER_AREA)
+        assert s.pixels.tobytes() == expected.tobytes(), s.image
+
+
 def test_manifest_counts_and_webdataset_member_names(prepared):
     store, m = prepared
     assert m["prefix"].startswith("datasets/nih/") and m["prep_hash"] == m["prefix"].rsplit("/", 1)[1]

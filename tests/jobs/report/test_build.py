@@ -141,3 +141,20 @@ def test_a_kept_baseline_on_a_percent_scale_is_a_note_not_a_crash(study):
     md = store.get_text(layout.report_markdown_key("dmg-1"))
     assert "- Baseline pct was not scored: " in md
     assert "line 2, column 'prob_Atelectasis' (column 2): '55' is not a probability between 0 and 1" in md
+
+
+def test_titles_say_clahe_only_when_it_was_on_and_name_the_split_protocol(study):
+    from jobs.report.build import architecture_title
+    from jobs.store.records import study_states
+
+    store, _ = study
+    _, states = study_states(store, "dmg-1")
+    title, intro = architecture_title("densenet121", states, {})  # no manifest: the defaults
+    assert title == "DenseNet-121 (CLAHE) with Focal Loss — Random Seed Impact"
+    assert (
+        "the CLAHE-enhanced DenseNet-121 model" in intro and "60 images; NIH's official split: test_list.txt" in intro
+    )
+    plain = {"clahe": False, "split": "random", "split_fractions": {"train": 0.7, "val": 0.1, "test": 0.2}}
+    title, intro = architecture_title("densenet121", states, plain)
+    assert title == "DenseNet-121 with Focal Loss — Random Seed Impact" and "CLAHE" not in intro
+    assert "a patient-wise random split of NIH's images (70% / 10% / 20%), the CheXNet reimplementations'" in intro

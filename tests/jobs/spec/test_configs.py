@@ -155,3 +155,30 @@ def test_prepare_flags_are_named_as_flags(flags, message):
         prep_from_flags(**flags)
     assert str(info.value) == message
     assert prep_from_flags(image_size=64) == PrepConfig(image_size=64)
+
+
+def test_the_prep_hash_covers_what_applies_and_leaves_old_studies_ids_alone():
+    from jobs.spec.configs import PrepConfig
+
+    old_fields = ["image_size", "clip_limit", "tile_grid", "val_fraction", "split_seed", "shard_size", "encoding"]
+    assert sorted(PrepConfig().hashed()) == sorted(old_fields)  # format 3's fields: the same hash as before
+    assert sorted(PrepConfig(clahe=False).hashed()) == sorted(
+        ["image_size", "val_fraction", "split_seed", "shard_size", "encoding", "clahe"]
+    )
+    assert PrepConfig(clahe=False, clip_limit=3.0).hashed() == PrepConfig(clahe=False).hashed()
+    random = PrepConfig(split="random").hashed()
+    assert "val_fraction" not in random and random["split_fractions"] == {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def test_the_default_prep_hash_of_the_real_sample_is_the_one_before_clahe_and_split_became_settings(nih_sample):
+    """Measured on the tree before the change (64d757e): a study that does not use the new settings keeps its
+    prep hash, so its study and job ids (which cover the prep hash) stay the same."""
+    from jobs.data.manifest import prep_hash
+    from jobs.data.nih import read_nih
+    from jobs.spec.configs import PrepConfig
+    from jobs.store import LocalStore
+
+    dataset = read_nih(LocalStore(nih_sample))
+    assert prep_hash(dataset, PrepConfig()) == "70f792021c64b759"
+    assert prep_hash(dataset, PrepConfig(image_size=128, clip_limit=3.0)) == "821bedc554076342"
+    assert prep_hash(dataset, PrepConfig(clahe=False)) not in ("70f792021c64b759", "821bedc554076342")
