@@ -13,19 +13,23 @@ from collections.abc import Callable
 from jobs.errors import CxrStudyError
 from jobs.report.build import build
 from jobs.report.options import ReportOptions, load_options
-from jobs.store import Store, layout, open_store
-from jobs.store.records import study_states
+from jobs.store import Store, open_store
 from jobs.tracking import StudyTracker
 
 
-def run(study_id: str, store: Store, log: Callable[[str], None] = print, options: ReportOptions | None = None) -> str:
+def run(
+    study_id: str,
+    store: Store,
+    log: Callable[[str], None] = print,
+    options: ReportOptions | None = None,
+    track: bool = True,
+) -> str:
     """Write the study's report; returns the URL of report.md (``options``: those kept with the study).
-    With MLflow tracking configured, the report goes to the study's parent run too."""
+    With MLflow tracking configured and ``track`` (a worker's or ``cxrstudy run``'s aggregate, never
+    ``cxrstudy report`` on a user's machine), the report goes to the study's parent run too."""
     url = build(study_id, store, log=log, options=options)
-    tracker = StudyTracker(store, study_id, log)
-    if tracker.target is not None:
-        _, states = study_states(store, study_id)
-        tracker.report(store.get_text(layout.report_markdown_key(study_id)), url, all(s.ended for s in states))
+    if track:
+        StudyTracker(store, study_id, log).report(url)
     return url
 
 

@@ -6,8 +6,10 @@ study as ``tracking.json``), else the worker's ``MLFLOW_TRACKING_URI`` (the char
 
 - The parent run (tag ``cxrstudy.role=study``) carries the study's name, dataset and prep hash, the
   report as an artifact and a link to it in the store, and ends FINISHED when every run has ended.
-  Workers create it on first need. Two that race both search afterwards and keep the earliest
-  parent (the other deletes its own), and the choice is kept in the store (``mlflow.json``).
+  Workers find or create it on first need and keep its id in the store (``mlflow.json``). Workers
+  that start together may each create one (MLflow has no create-if-absent): none is deleted while
+  runs go on; the aggregate job settles it, keeping the earliest parent, moving the other parents'
+  children under it and deleting the others.
 - A child run per job (``mlflow.parentRunId``) carries the resolved config as params (``training.*``,
   ``preprocessing.*``, architecture, seed), the per-epoch metrics (step = epoch), the test metrics,
   ``result.json`` and ``provenance.json`` as artifacts with links to both in the store, and the tags
@@ -15,9 +17,12 @@ study as ``tracking.json``), else the worker's ``MLFLOW_TRACKING_URI`` (the char
   logs to the same child (its id is kept in the store).
 
 The store stays the source of truth: MLflow is a view of it. A tracking failure (the server down,
-a network policy, mlflow not installed) is logged as one warning line and tracking stops for that
-run; it never fails a run. The client's HTTP retries are capped so that a server that is down costs
-seconds, not minutes.
+a network policy, mlflow not installed, a tracking.json that cannot be read) is logged as one
+warning line and tracking stops for that run; it never fails a run. The client's HTTP retries are
+capped (one retry, 5 s timeout) so that a server that is down costs seconds, not minutes. A run
+stopped to be resumed (SIGTERM, cancel, a lost lease) is KILLED until its resume sets it RUNNING
+again; MLflow's metric history cannot be cut back, so epochs that a resume trains again appear
+twice there (metrics.jsonl, truncated at the resume, has them once).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Callable
 from jobs.errors import DamagedArtifact
 from jobs.spec.runs import JobSpec
 from jobs.store import Store, layout
-from jobs.store.records import read_json, write_json
+from jobs.store.records import read_json, study_states, write_json
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
@@ -38,7 +43,7 @@ DEFAULT_EXPERIMENT = "cxrstudy"
 STUDY_TAG, ROLE_TAG, JOB_TAG = "cxrstudy.study_id", "cxrstudy.role", "cxrstudy.job_id"
 PARENT_TAG = "mlflow.parentRunId"
 # The client's defaults retry a refused connection for minutes; a run must not wait on its tracking.
-CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+CLIENT_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,10 +54,7 @@ class Target:
 
 def target(store: Store, study_id: str) -> Target | None:
     """Where a study's runs are tracked, or None when tracking is not configured."""
-    try:
-        settings = read_json(store, layout.tracking_key(study_id)) or {}
-    except DamagedArtifact:
-        settings = {}
+    settings = read_json(store, layout.tracking_key(study_id)) or {}  # a damaged one raises: see _Tracked
     uri = settings.get("mlflow") or os.environ.get(ENV_URI)
     if not uri:
         return None
@@ -76,8 +78,12 @@ class _Tracked:
 
     def __init__(self, store: Store, study_id: str, log: Callable[[str], None], what: str):
         self.store, self.study_id, self.log, self.what = store, study_id, log, what
-        self.target = target(store, study_id)
         self.client = None
+        try:
+            self.target = target(store, study_id)
+        except Exception as exc:  # noqa: BLE001 - a tracking.json that cannot be read: no tracking, one warning
+            self.target = None
+            log(f"warning: MLflow tracking of {what} is off: its settings could not be read ({exc})")
         self.failed = self.target is None  # nothing to do when tracking is not configured
 
     def _call(self, action: str, fn: Callable[[], None]) -> None:
@@ -105,16 +111,12 @@ class _Tracked:
             kept = {}
         if kept.get("uri") == self.target.uri and kept.get("experiment") == self.target.experiment:
             return kept["parent_run_id"]
-        client = self.client
-        experiment = client.get_experiment_by_name(self.target.experiment)
-        experiment_id = (
-            experiment.experiment_id if experiment is not None else client.create_experiment(self.target.experiment)
-        )
-        parents = self._parents(experiment_id)
+        experiment_id = self.experiment_id()
+        parents = self.parents(experiment_id)
         if not parents:
             doc = read_json(self.store, layout.study_key(self.study_id)) or {}
             spec = doc.get("spec") or {}
-            created = client.create_run(
+            created = self.client.create_run(
                 experiment_id,
                 run_name=f"study {self.study_id}",
                 tags={STUDY_TAG: self.study_id, ROLE_TAG: "study", "cxrstudy.study_name": str(spec.get("name"))},
@@ -122,17 +124,28 @@ class _Tracked:
             dataset = spec.get("dataset") or {}
             params = {"study.name": spec.get("name"), "study.dataset": dataset.get("location")}
             params["study.data_prefix"] = doc.get("data_prefix")
-            _log_params(client, created.info.run_id, {k: str(v) for k, v in params.items()})
-            parents = self._parents(experiment_id)
-            for extra in parents[1:]:  # a racing worker made one too: keep the earliest, drop ours
-                if extra.info.run_id == created.info.run_id:
-                    client.delete_run(extra.info.run_id)
-        chosen = parents[0].info.run_id
+            _log_params(self.client, created.info.run_id, {k: str(v) for k, v in params.items()})
+            parents = self.parents(experiment_id) or [created]
+        chosen = parents[0].info.run_id  # racing workers may choose apart: the aggregate settles it
         record = {"uri": self.target.uri, "experiment": self.target.experiment, "parent_run_id": chosen}
         write_json(self.store, key, {**record, "experiment_id": experiment_id})
         return chosen
 
-    def _parents(self, experiment_id: str) -> list:
+    def experiment_id(self) -> str:
+        """The experiment's id, created when it does not exist (by whichever worker gets there first)."""
+        experiment = self.client.get_experiment_by_name(self.target.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(self.target.experiment)
+        except Exception:  # another worker created it in between (RESOURCE_ALREADY_EXISTS): use theirs
+            experiment = self.client.get_experiment_by_name(self.target.experiment)
+            if experiment is None:
+                raise
+            return experiment.experiment_id
+
+    def parents(self, experiment_id: str) -> list:
+        """The study's live parent runs, earliest first."""
         runs = self.client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{STUDY_TAG}` = '{self.study_id}' and tags.`{ROLE_TAG}` = 'study'",
@@ -215,12 +228,31 @@ class RunTracker(_Tracked):
 
     def fail(self, error: str) -> None:
         """The run failed: FAILED, with the error as a tag."""
-        self._call("marking it failed", lambda: self._fail(error))
+        self._call("marking it failed", lambda: self._end("FAILED", error))
 
-    def _fail(self, error: str) -> None:
+    def stopped(self) -> None:
+        """The run stopped to be resumed later (SIGTERM, cancel, a lost lease): KILLED until then."""
+        self._call("marking it stopped", lambda: self._end("KILLED"))
+
+    def _end(self, status: str, error: str | None = None) -> None:
         if self.run_id is not None:
-            self.client.set_tag(self.run_id, "cxrstudy.error", error[:5000])
-            self.client.set_terminated(self.run_id, status="FAILED")
+            if error is not None:
+                self.client.set_tag(self.run_id, "cxrstudy.error", error[:5000])
+            self.client.set_terminated(self.run_id, status=status)
+
+    def settle(self, result: dict) -> None:
+        """A run found done (result.json exists) whose MLflow run never ended (its worker died between
+        result.json and the end of tracking): finish it now. Nothing when it was never tracked."""
+
+        def settle() -> None:
+            kept = read_json(self.store, self.job.keys.mlflow) or {}
+            if kept.get("uri") != self.target.uri or not kept.get("run_id"):
+                return
+            if self.client.get_run(kept["run_id"]).info.status != "FINISHED":
+                self.run_id = kept["run_id"]
+                self._finish(result, read_json(self.store, self.job.keys.provenance))
+
+        self._call("settling a finished run", settle)
 
 
 class StudyTracker(_Tracked):
@@ -229,17 +261,39 @@ class StudyTracker(_Tracked):
     def __init__(self, store: Store, study_id: str, log: Callable[[str], None]):
         super().__init__(store, study_id, log, f"study {study_id}")
 
-    def report(self, markdown: str, url: str, finished: bool) -> None:
-        """The report as the parent's artifact and a link to it; FINISHED once every run has ended."""
+    def report(self, url: str) -> None:
+        """The report as the parent's artifact and a link to it; once every run has ended, the parent is
+        settled (one parent, every child under it) and FINISHED."""
 
         def log_report() -> None:
             parent = self.parent_id()
-            self.client.log_text(parent, markdown, "report/report.md")
+            self.client.log_text(
+                parent, self.store.get_text(layout.report_markdown_key(self.study_id)), "report/report.md"
+            )
             self.client.set_tag(parent, "cxrstudy.report", url)
-            if finished:
-                self.client.set_terminated(parent, status="FINISHED")
+            _, states = study_states(self.store, self.study_id)
+            if all(s.ended for s in states):
+                self.settle_parents()
+                self.client.set_terminated(self.parent_id(), status="FINISHED")
 
         self._call("the report", log_report)
+
+    def settle_parents(self) -> None:
+        """Keep the earliest of the study's parent runs: move the others' children under it, delete them."""
+        experiment_id = self.experiment_id()
+        parents = self.parents(experiment_id)
+        if len(parents) < 2:
+            return
+        keep = parents[0].info.run_id
+        for extra in parents[1:]:
+            children = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{extra.info.run_id}'", max_results=5000
+            )
+            for child in children:
+                self.client.set_tag(child.info.run_id, PARENT_TAG, keep)
+            self.client.delete_run(extra.info.run_id)
+        kept = read_json(self.store, layout.mlflow_key(self.study_id)) or {}
+        write_json(self.store, layout.mlflow_key(self.study_id), {**kept, "parent_run_id": keep})
 
 
 def _client(uri: str):

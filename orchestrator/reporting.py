@@ -74,5 +74,5 @@ def report(
             options.compare.append([a, b])
     keep_baselines(store, sid, files, log)
     save_options(store, sid, options)
-    aggregate.run(sid, store, log=log, options=options)
+    aggregate.run(sid, store, log=log, options=options, track=False)  # MLflow is the workers' to update
     return store.get_text(layout.report_markdown_key(sid))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from jobs.errors import CxrStudyError
+from jobs.errors import CxrStudyError, DamagedArtifact
 from jobs.report import comparison, figures, seeds
 from jobs.report.baselines import BaselineScore, score_predictions
 from jobs.report.calibration import calibration_section
@@ -126,13 +126,20 @@ class StudyBootstrap:
 
 
 def study_patients(inputs: list[tuple[str, list[seeds.RunPredictions]]]) -> dict[str, int] | None:
-    """Each test image's patient, from the runs' predictions; None when any run's file lacks them."""
+    """Each test image's patient, from the runs' predictions; None when any run's file lacks them. Runs
+    that give one image two patients were not made from one dataset: a :class:`DamagedArtifact`."""
     patient_of: dict[str, int] = {}
-    for _, runs in inputs:
+    for arch, runs in inputs:
         for r in runs:
             if r.test.patients is None:
                 return None
-            patient_of.update(zip(r.test.names, r.test.patients.tolist()))
+            for name, patient in zip(r.test.names, r.test.patients.tolist()):
+                if patient_of.setdefault(name, patient) != patient:
+                    raise DamagedArtifact(
+                        f"the runs' test predictions give {name} two patients ({patient_of[name]} and {patient}, "
+                        f"the latter in {arch} seed {r.seed}): they were not made from one prepared dataset; "
+                        "delete the odd run's result.json and `cxrstudy resume` runs it again"
+                    )
     return patient_of
 
 

@@ -172,7 +172,7 @@ def compute_section(
     used = {name: values for name in names if (values := _values(runs, name))}
     text.append("Versions, hardware and settings the runs used (with how many runs used each where they differ):")
     text.append(markdown_table(["What", "Used"], [[name, _shown(v, len(runs))] for name, v in used.items()]))
-    differing = [name for name in (*VERSIONS, *BUILD, "GPU", *DETERMINISM) if len(used.get(name, {})) > 1]
+    differing = [name for name in (*VERSIONS, *BUILD, "GPU", "driver", *DETERMINISM) if len(used.get(name, {})) > 1]
     if differing:
         text.append(
             f"**Warning:** the runs differ in {', '.join(differing)}; differences between them may come from "

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from jobs.errors import ConfigError, DamagedArtifact
-from jobs.scoring.bootstrap import UNITS
+from jobs.spec.configs import BOOTSTRAP_UNITS as UNITS
 from jobs.spec.study import check_name
 from jobs.store import Store, layout
 from jobs.store.records import damaged, read_json

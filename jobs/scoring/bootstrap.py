@@ -43,6 +43,8 @@ def resample_counts(
     set), so that its transpose, one row of ``resamples`` counts per image, is C-contiguous.
     """
     rng = np.random.default_rng(seed)
+    if n == 0:
+        return np.zeros((resamples, 0), dtype=np.uint8, order="F")
     if clusters is None:
         counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples)
     else:

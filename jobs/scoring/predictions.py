@@ -220,7 +220,7 @@ def predictions_csv(names: list[str], probs: np.ndarray, labels: np.ndarray, pat
     cells = probability_cells(probs)
     rows = [
         ",".join([n, str(int(pid)), *p, *map(str, y)])
-        for n, pid, p, y in zip(names, patients, cells.tolist(), np.asarray(labels).tolist())
+        for n, pid, p, y in zip(names, patients, cells.tolist(), np.asarray(labels).tolist(), strict=True)
     ]
     return ",".join(RUN_HEADER) + "\n" + "".join(row + "\n" for row in rows)
 

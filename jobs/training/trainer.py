@@ -98,10 +98,11 @@ def run(
         on_step: receives the position after every step; its answer can stop the run (see ``StepHook``).
         worker, attempt: who runs this attempt and its number, for ``provenance.json``.
     """
+    tracker = RunTracker(store, job, log)  # MLflow, when configured; its failures are warnings
     if (done := read_json(store, job.keys.result)) is not None:  # a damaged one raises, naming it
         log(f"{job.job_id}: result.json exists; skipped")
+        tracker.settle(done)  # its tracking, if a worker died before it ended
         return done
-    tracker = RunTracker(store, job, log)  # MLflow, when configured; its failures are warnings
 
     def epoch_done(record: dict) -> None:
         tracker.epoch(record)
@@ -117,10 +118,14 @@ def run(
                 if trainer.out_of_patience():
                     break
                 if not trainer.run_epoch(epoch, on_step, epoch_done):
+                    tracker.stopped()
                     return None  # on_step stopped the run inside the epoch
             result = trainer.test_best(started)
         except Exception as exc:
             tracker.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException:  # interrupted (KeyboardInterrupt, SystemExit): resumed later, if at all
+            tracker.stopped()
             raise
         tracker.finish(result, trainer.provenance)
         return result

@@ -1,9 +1,11 @@
 """MLflow tracking: a real `mlflow server` (sqlite backend, loopback port) receives a small study's
 runs, read back through MLflow's own client; with the server stopped the study still finishes."""
 
+import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -40,8 +42,12 @@ def mlflow_server(tmp_path_factory):
         str(SERVER), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
     ]  # fmt: skip
-    with open(root / "server.log", "wb") as out:
-        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    # No job runner: MLflow 3 would start six huey consumers beside the server, which the tests need none of.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(root / "server.log", "wb") as out:  # its own process group: every process it starts ends with it
+        proc = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+        )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -53,8 +59,12 @@ def mlflow_server(tmp_path_factory):
                 pytest.fail(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
     yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def study_file(tmp_path: Path, synthetic: Path, name: str, uri: str) -> Path:
@@ -164,3 +174,89 @@ def test_a_config_becomes_flat_params():
     params = tracking.flat_params("training", TrainConfig())
     assert params["training.loss.name"] == "focal" and params["training.loss.args.gamma"] == "2.0"
     assert params["training.lr"] == str(TrainConfig().lr) and all("." in k for k in params)
+
+
+# ---------------------------------------------------------------- races, resumes, ends (real server)
+
+
+def tracked_store(tmp_path, uri: str, experiment: str, jobs: int = 1):
+    store = LocalStore(tmp_path / "store")
+    write_json(store, "studies/s-1/tracking.json", {"mlflow": uri, "experiment": experiment})
+    specs = [JobSpec("s-1", f"j-{i}", "densenet121", i, TrainConfig(), "datasets/d/x") for i in range(jobs)]
+    return store, specs
+
+
+def test_workers_that_start_together_share_the_experiment_and_end_under_one_parent(mlflow_server, tmp_path):
+    import threading
+
+    from mlflow import MlflowClient
+
+    store, jobs = tracked_store(tmp_path, mlflow_server, "race", jobs=8)
+    warnings: list[str] = []
+    trackers = [tracking.RunTracker(store, job, warnings.append) for job in jobs]
+    threads = [threading.Thread(target=t.start, args=({"image_size": 64},)) for t in trackers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert warnings == [] and all(t.run_id for t in trackers)  # nobody lost tracking to the experiment's creation
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("race").experiment_id
+    # Whatever parents the race made, the study ends with one, every child under it.
+    extra = client.create_run(experiment, tags={tracking.STUDY_TAG: "s-1", tracking.ROLE_TAG: "study"})
+    moved = client.create_run(experiment, tags={tracking.PARENT_TAG: extra.info.run_id, tracking.ROLE_TAG: "run"})
+    for job, t in zip(jobs, trackers):
+        store.put_text(job.keys.result, '{"status": "succeeded"}')
+        t.finish({"test": {"avg_auroc": 0.5}, "best_epoch": 1}, None)
+    write_json(
+        store, "studies/s-1/study.json", {"study_id": "s-1", "spec": {"name": "s"}, "jobs": [j.to_json() for j in jobs]}
+    )
+    store.put_text("studies/s-1/report/report.md", "# report\n")
+    tracking.StudyTracker(store, "s-1", warnings.append).report("file:///report.md")
+    assert warnings == []
+    parents = client.search_runs([experiment], filter_string="tags.`cxrstudy.role` = 'study'")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    keep = parents[0].info.run_id
+    children = client.search_runs([experiment], filter_string="tags.`cxrstudy.role` = 'run'")
+    assert len(children) == 9 and {c.data.tags[tracking.PARENT_TAG] for c in children} == {keep}
+    assert moved.info.run_id in {c.info.run_id for c in children}
+    assert json.loads(store.get_text("studies/s-1/mlflow.json"))["parent_run_id"] == keep
+
+
+def test_a_resumed_run_logs_to_the_same_child_and_its_ends_are_recorded(mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    store, (job,) = tracked_store(tmp_path, mlflow_server, "ends")
+    first = tracking.RunTracker(store, job, pytest.fail)
+    first.start()
+    first.epoch({"epoch": 1, "val_avg_auroc": 0.6, "val_auroc": {"Mass": 0.7}})
+    first.stopped()  # SIGTERM: checkpointed, requeued
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    again = tracking.RunTracker(store, job, pytest.fail)
+    again.start()  # the resume
+    assert again.run_id == first.run_id and client.get_run(again.run_id).info.status == "RUNNING"
+    again.epoch({"epoch": 2, "val_avg_auroc": 0.65})
+    again.fail("TrainingDiverged: NaN")
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["cxrstudy.error"] == "TrainingDiverged: NaN"
+    assert [m.step for m in client.get_metric_history(first.run_id, "val_avg_auroc")] == [1, 2]
+    assert run.data.metrics["val_auroc.Mass"] == 0.7
+    # A worker that died after result.json but before tracking ended: the next look settles it.
+    result = {"test": {"avg_auroc": 0.71, "loss": 0.2}, "best_epoch": 2}
+    client.update_run(first.run_id, status="RUNNING")
+    tracking.RunTracker(store, job, pytest.fail).settle(result)
+    run = client.get_run(first.run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["test_avg_auroc"] == 0.71
+
+
+def test_a_tracking_file_that_cannot_be_read_is_one_warning_and_no_tracking(tmp_path, monkeypatch):
+    store = LocalStore(tmp_path)
+    store.put_text("studies/s-1/tracking.json", "[1, 2]")  # JSON, not settings
+    monkeypatch.setattr(tracking, "_client", lambda uri: pytest.fail("a client was made"))
+    warnings: list[str] = []
+    job = JobSpec("s-1", "j-1", "densenet121", 1, TrainConfig(), "datasets/d/x")
+    t = tracking.RunTracker(store, job, warnings.append)
+    t.start()
+    t.finish({}, None)
+    assert len(warnings) == 1 and warnings[0].startswith("warning: MLflow tracking of run j-1 is off:")

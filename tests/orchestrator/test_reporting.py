@@ -187,3 +187,24 @@ def test_report_names_never_leave_the_store(tmp_path, sid, baselines, message):
     with pytest.raises((ConfigError, StoreError), match=message):
         report(sid, store, baselines, [])
     assert sorted(p.name for p in tmp_path.rglob("*.csv")) == []
+
+
+def test_a_report_with_calibration_and_compute_is_rebuilt_byte_for_byte(study):
+    store, *_ = study
+    for i, job in enumerate(expand(parse_study({"name": "rep", "dataset": "/d", "runs": {"densenet121": [1, 2],
+                                                "efficientnet_b2": [1, 2]}}), "rep-1", "datasets/d/x")):  # fmt: skip
+        record = {
+            "attempts": [{"attempt": 1, "device": "cuda:0", "seconds": 600.0 + i}],
+            "wall_seconds": 600.0 + i,
+            "gpu_seconds": 600.0 + i,
+            "ended": f"2030-01-01T00:1{i}:00Z",
+            "environment": {"torch": "2.14.1+cu130", "gpu": {"name": "NVIDIA H100 80GB HBM3", "driver": "580"}},
+            "determinism": {"deterministic": False},
+        }
+        store.put_text(job.keys.provenance, json.dumps(record))
+    aggregate.run("rep-1", store, log=lambda m: None)
+    before = {o.key: store.get_bytes(o.key) for o in store.list("studies/rep-1/report/")}
+    assert "studies/rep-1/report/figures/densenet121_reliability.png" in before
+    assert "studies/rep-1/report/compute.csv" in before and "studies/rep-1/report/densenet121_calibration.csv" in before
+    aggregate.run("rep-1", store, log=lambda m: None)
+    assert {o.key: store.get_bytes(o.key) for o in store.list("studies/rep-1/report/")} == before
