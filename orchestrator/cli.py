@@ -175,6 +175,18 @@ def _add_local_commands(sub) -> None:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--clip-limit", type=float, default=2.0)
     p.add_argument("--tile-grid", type=int, default=8)
+    p.add_argument("--no-clahe", action="store_true", help="store the plain INTER_AREA resize, without CLAHE")
+    p.add_argument(
+        "--split",
+        choices=("official", "random"),
+        default="official",
+        help="official: NIH's test_list.txt; random: a patient-wise random split by --split-fractions",
+    )
+    p.add_argument(
+        "--split-fractions",
+        metavar="TRAIN,VAL,TEST",
+        help="with --split random, the image fractions of train, val and test (default 0.7,0.1,0.2)",
+    )
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=20171)
     p.add_argument("--shard-size", type=int, default=1000)

@@ -14,7 +14,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from jobs.errors import CxrStudyError
+from jobs.errors import ConfigError, CxrStudyError
 
 # The modules of the training stack: the `train` extra (`pip install 'cxrstudy[train]'`) installs them.
 TRAINING_STACK = ("torch", "torchvision", "timm", "cv2")
@@ -104,10 +104,26 @@ def cmd_prepare(args) -> None:
         split_seed=args.split_seed,
         shard_size=args.shard_size,
         encoding=args.encoding,
+        clahe=not args.no_clahe,
+        split=args.split,
+        split_fractions=split_fractions_flag(args.split_fractions),
     )
     manifest = prepare.run(args.dataset, open_store(args.store), config, args.dataset_id, args.workers, log=log)
     counts = ", ".join(f"{s} {v['images']:,}" for s, v in manifest["splits"].items())
     log(f"prepared: {manifest['prefix']} ({counts}; {manifest['missing']['total']:,} listed images missing)")
+
+
+def split_fractions_flag(text: str | None):
+    """``--split-fractions 0.7,0.1,0.2`` as :class:`SplitFractions` (None: the default)."""
+    from jobs.spec.configs import SplitFractions
+
+    if text is None:
+        return SplitFractions()
+    try:
+        train, val, test = (float(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--split-fractions {text}: give three fractions, TRAIN,VAL,TEST, e.g. 0.7,0.1,0.2") from None
+    return SplitFractions(train, val, test)
 
 
 def _load(args):

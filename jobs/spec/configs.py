@@ -184,6 +184,9 @@ def prep_from_flags(**flags) -> PrepConfig:
         return PrepConfig(**flags)
     except ConfigError as exc:
         name, _, rule = str(exc).removeprefix("preprocessing.").partition(": ")
+        if name.startswith("split_fractions"):  # one flag, TRAIN,VAL,TEST
+            f = flags["split_fractions"]
+            raise ConfigError(f"--split-fractions {shown(f.train)},{shown(f.val)},{shown(f.test)}: {rule}") from None
         raise ConfigError(f"--{name.replace('_', '-')} {shown(flags.get(name))}: {rule}") from None
 
 
