@@ -145,6 +145,13 @@ def baseline_section(
             f"{fmt(b.avg_auroc)} (95% CI {fmt(ci[b.name][0])}-{fmt(ci[b.name][1])}), Avg F1 {fmt(b.avg_f1)} at "
             f"thresholds from {b.threshold_source}."
         )
+        if b.extra:
+            text.append(
+                f"- **Warning:** {b.name}'s file has predictions for {b.extra:,} image{'' if b.extra == 1 else 's'} "
+                "outside this study's test and validation splits. If they are this study's training images, the "
+                "baseline was made under another split protocol (official vs random): it may have trained on images "
+                "this study tests on, and its numbers are not comparable with the runs'."
+            )
     pairs = [
         (Scorer(b.name, Predictions(b.names, b.probs, b.labels)), Scorer(e.name, e.test))
         for b in baselines

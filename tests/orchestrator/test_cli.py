@@ -151,6 +151,7 @@ def test_run_a_small_study_end_to_end_then_again(synthetic, tmp_path):
     n_test = results[1]["test"]["images"]
     assert f"| oracle ({n_test - 5} images)" in report
     assert f"- **oracle**: scored on {n_test - 5} of {n_test} test images (5 missing from the file" in report
+    assert "**Warning:** oracle" not in report  # every row is a test image: made under this study's split
     assert (study_dir / "report" / "figures" / "roc_curves.png").stat().st_size > 10_000
     # The study file's report settings; each run's predictions name every image's patient.
     (predictions,) = study_dir.glob("jobs/test_efficientnet-*/predictions_test.csv")

@@ -75,6 +75,7 @@ def test_report_adds_baselines_comparisons_and_figures_and_keeps_them(study):
     assert "| chexnet (250 images)" in md
     assert "scored on 250 of 300 test images (50 missing from the file; 5 rows in neither the study's test" in md
     assert "thresholds from validation (30 images in the file)" in md
+    assert "- **Warning:** chexnet's file has predictions for 5 images outside this study's test and validation" in md
     assert "### chexnet vs DenseNet-121 (250 test images)" in md
     assert "### chexnet vs EfficientNet-B2 (250 test images)" in md
     assert "## Requested Comparisons (paired DeLong tests)" in md
