@@ -34,6 +34,7 @@ from jobs.data.nih import SPLITS, NihDataset, Record
 from jobs.data.sharding import plan_shards, process_image, shard_bytes
 from jobs.errors import DamagedArtifact
 from jobs.spec.configs import PrepConfig
+from jobs.spec.schema import build
 from jobs.store import Store, layout, open_store
 from jobs.store.records import read_json, write_json
 
@@ -115,7 +116,7 @@ def build_planned_shard(store: Store, prefix: str, name: str, threads: int, log:
         return False
     part = read_json(store, layout.plan_shard_key(prefix, name), REPLAN.format(store.url(layout.plan_prefix(prefix))))
     records = [Record(image, where, int(patient), tuple(labels)) for image, where, patient, labels in part["records"]]
-    config, source = PrepConfig(**index["config"]), open_store(index["dataset"])
+    config, source = build(PrepConfig, index["config"], "config"), open_store(index["dataset"])
     cv2.setNumThreads(1)  # one image per thread; OpenCV releases the GIL while it works
     with ThreadPoolExecutor(max(1, threads)) as ex:
         payloads = ex.map(lambda r: process_image(source, config, r), records)
@@ -134,6 +135,6 @@ def finish(store: Store, prefix: str, index: dict) -> dict:
         if entry is None:
             raise DamagedArtifact(f"{store.url(layout.plan_done_key(prefix, name))} is missing; run the prepare again")
         shards[split].append(entry)
-    manifest = build_manifest(index["summary"], PrepConfig(**index["config"]), prefix, shards)
+    manifest = build_manifest(index["summary"], build(PrepConfig, index["config"], "config"), prefix, shards)
     write_json(store, layout.manifest_key(prefix), manifest)
     return manifest
