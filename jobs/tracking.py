@@ -174,6 +174,8 @@ class RunTracker(_Tracked):
         if kept.get("uri") == self.target.uri and kept.get("run_id"):
             self.run_id = kept["run_id"]
             client.update_run(self.run_id, status="RUNNING")
+            if "cxrstudy.error" in client.get_run(self.run_id).data.tags:  # an earlier attempt's failure
+                client.delete_tag(self.run_id, "cxrstudy.error")
             return
         parent = self.parent_id()
         experiment_id = client.get_run(parent).info.experiment_id
@@ -266,15 +268,19 @@ class StudyTracker(_Tracked):
         settled (one parent, every child under it) and FINISHED."""
 
         def log_report() -> None:
-            parent = self.parent_id()
-            self.client.log_text(
-                parent, self.store.get_text(layout.report_markdown_key(self.study_id)), "report/report.md"
-            )
-            self.client.set_tag(parent, "cxrstudy.report", url)
             _, states = study_states(self.store, self.study_id)
-            if all(s.ended for s in states):
+            ended = all(s.ended for s in states)
+            if ended:  # one parent before anything is logged to it; runs whose tracking never ended, ended
                 self.settle_parents()
-                self.client.set_terminated(self.parent_id(), status="FINISHED")
+                for state in states:
+                    if state.state == "succeeded":
+                        RunTracker(self.store, state.job, self.log).settle(state.detail)
+            parent = self.parent_id()
+            markdown = self.store.get_text(layout.report_markdown_key(self.study_id))
+            self.client.log_text(parent, markdown, "report/report.md")
+            self.client.set_tag(parent, "cxrstudy.report", url)
+            if ended:
+                self.client.set_terminated(parent, status="FINISHED")
 
         self._call("the report", log_report)
 

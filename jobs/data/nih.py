@@ -168,6 +168,17 @@ def random_split(patients: np.ndarray, fractions: tuple[float, float, float], sp
     return dict(zip(unique[order].tolist(), split.tolist()))
 
 
+def check_disjoint(lists: dict[str, list[str]], where: str) -> None:
+    """No image in both split lists: it would be trained on and tested on."""
+    if "train_val" in lists and "test" in lists:
+        shared = set(lists["train_val"]) & set(lists["test"])
+        if shared:
+            raise DatasetError(
+                f"{where}: {len(shared):,} image(s) are in both train_val_list.txt and test_list.txt, e.g. "
+                f"{min(shared)}; an image belongs to one list (NIH's lists are disjoint)"
+            )
+
+
 def assign_splits(
     metadata: dict,
     lists: dict[str, list[str]],
@@ -221,18 +232,15 @@ def read_nih(
     if log:
         log(f"dataset: {len(present):,} images found under {store.uri}")
 
+    check_disjoint(lists, store.uri)
     split_of_image = assign_splits(metadata, lists, val_fraction, split_seed, protocol, fractions)
     splits: dict[str, list[Record]] = {s: [] for s in SPLITS}
     missing = {"train_val": 0, "test": 0}
-    seen: set[str] = set()
     for list_name, names in lists.items():
         for name in names:
             if name not in present:
                 missing[list_name] += 1
                 continue
-            if name in seen:  # listed twice (in both lists): one record
-                continue
-            seen.add(name)
             patient, labels = metadata[name]
             splits[split_of_image[name]].append(Record(name, present[name], patient, tuple(int(v) for v in labels)))
     listed_names = set(lists["train_val"]) | set(lists["test"])
@@ -249,7 +257,8 @@ def read_nih(
         if not splits[split]:
             raise DatasetError(
                 f"{store.uri}: the {split} split has no images present ({dataset.describe()}); "
-                "download more of the images_0NN archives, or lower val_fraction for a tiny dataset"
+                "download more of the images_0NN archives, or give that split a larger share (val_fraction, or "
+                "split_fractions with split: random) for a tiny dataset"
             )
     return dataset
 
@@ -278,6 +287,7 @@ def labelled_splits(
     else:
         needed = list(SPLIT_FILES)
     lists = {name: read_split_list(store, name, metadata, metadata_file)[0] for name in needed}
+    check_disjoint(lists, store.uri)
     if protocol == "official" and "train_val" not in lists:
         lists["train_val"] = []  # the test split needs no carving
     for n, split in assign_splits(metadata, lists, val_fraction, split_seed, protocol, fractions).items():
@@ -308,4 +318,6 @@ def split_labels(
 
 def require_images(store: Store, split: str, names: list[str]) -> None:
     if not names:
-        raise DatasetError(f"{store.uri}: the {split} split has no images; lower val_fraction for a tiny dataset")
+        raise DatasetError(
+            f"{store.uri}: the {split} split has no images; give it a larger share (val_fraction) for a tiny dataset"
+        )

@@ -227,10 +227,10 @@ def prepare(
         return manifest
 
     total = sum(len(v) for v in dataset.splits.values())
-    log(
-        f"prepare: {total:,} images -> {store.url(prefix)} ({workers} processes, {config.image_size}px, "
-        f"CLAHE clip {config.clip_limit} grid {config.tile_grid})"
-    )
+    clahe = f"CLAHE clip {config.clip_limit} grid {config.tile_grid}" if config.clahe else "no CLAHE"
+    split = "official split" if config.split == "official" else "random split"
+    where = f"{store.url(prefix)} ({workers} processes, {config.image_size}px, {clahe}, {split})"
+    log(f"prepare: {total:,} images -> {where}")
     progress = _Progress(total, log)
     planned = plan_shards(dataset, config)
     shards: dict[str, list[dict]] = {split: [] for split in SPLITS}

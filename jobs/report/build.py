@@ -126,7 +126,7 @@ def seed_run(result: dict, calibration: Calibration | None = None) -> SeedRun:
 
 SPLIT_NAMES = {
     "official": "NIH's official split: test_list.txt, validation carved from train_val_list.txt by patient",
-    "random": "a patient-wise random split of NIH's images ({train:.0%} / {val:.0%} / {test:.0%}), the CheXNet "
+    "random": "a patient-wise random split of NIH's images ({train:g}% / {val:g}% / {test:g}%), the CheXNet "
     "reimplementations' protocol, not comparable with the official split's numbers",
 }
 
@@ -150,7 +150,8 @@ def architecture_title(arch: str, runs: list[RunState], prep: dict) -> tuple[str
     clahe = prep.get("clahe", True)
     title = f"{display_name(arch)}{' (CLAHE)' if clahe else ''} with {loss} — Random Seed Impact"
     fractions = prep.get("split_fractions") or {"train": 0.7, "val": 0.1, "test": 0.2}
-    protocol = SPLIT_NAMES.get(prep.get("split", "official"), SPLIT_NAMES["official"]).format(**fractions)
+    percent = {k: round(100 * float(v), 4) for k, v in fractions.items()}
+    protocol = SPLIT_NAMES.get(prep.get("split", "official"), SPLIT_NAMES["official"]).format(**percent)
     intro = (
         f"This experiment evaluates the effect of different random seeds on the performance of the "
         f"{'CLAHE-enhanced ' if clahe else ''}{display_name(arch)} model (timm `{arch}`) trained with {loss}. All "

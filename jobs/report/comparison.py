@@ -148,9 +148,10 @@ def baseline_section(
         if b.extra:
             text.append(
                 f"- **Warning:** {b.name}'s file has predictions for {b.extra:,} image{'' if b.extra == 1 else 's'} "
-                "outside this study's test and validation splits. If they are this study's training images, the "
-                "baseline was made under another split protocol (official vs random): it may have trained on images "
-                "this study tests on, and its numbers are not comparable with the runs'."
+                "outside this study's test and validation splits: images this study's dataset lacks (a partial "
+                "download), or this study's training images. If the latter, the baseline was made under another "
+                "split protocol (official vs random): it may have trained on images this study tests on, and its "
+                "numbers are not comparable with the runs'."
             )
     pairs = [
         (Scorer(b.name, Predictions(b.names, b.probs, b.labels)), Scorer(e.name, e.test))

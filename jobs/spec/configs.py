@@ -135,19 +135,26 @@ class PrepConfig:
     split: str = "official"
     split_fractions: SplitFractions = SplitFractions()
 
+    def spec(self) -> dict:
+        """The fields as ``study.json`` records them (and the study id hashes them): every field, except
+        those added after format 3 (``clahe``, ``split``, ``split_fractions``) at their earlier
+        behaviour, so a study that does not use them keeps its study and job ids."""
+        fields = asdict(self)
+        if self.clahe:
+            del fields["clahe"]
+        if self.split == "official":
+            del fields["split"], fields["split_fractions"]
+        return fields
+
     def hashed(self) -> dict:
         """What the prep hash covers. Settings that do not apply are left out (``clip_limit`` and
         ``tile_grid`` without CLAHE, ``val_fraction`` with a random split, ``split_fractions`` with the
         official one), and so are the fields added after format 3 (``clahe``, ``split``) at their
         earlier behaviour, so a study that does not use them keeps its ids."""
-        fields = asdict(self)
-        if self.clahe:
-            del fields["clahe"]
-        else:
+        fields = self.spec()
+        if not self.clahe:
             del fields["clip_limit"], fields["tile_grid"]
-        if self.split == "official":
-            del fields["split"], fields["split_fractions"]
-        else:
+        if self.split != "official":
             del fields["val_fraction"]
         return fields
 

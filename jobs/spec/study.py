@@ -82,7 +82,7 @@ class Study:
         return {
             "name": self.name,
             "dataset": {"location": self.dataset, "id": self.dataset_id},
-            "preprocessing": asdict(self.preprocessing),
+            "preprocessing": self.preprocessing.spec(),
             "runs": [
                 {"architecture": g.architecture, "seeds": list(g.seeds), "training": asdict(g.training)}
                 for g in self.runs

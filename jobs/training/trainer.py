@@ -34,7 +34,7 @@ from torch import nn
 from jobs.data.labels import CLASSES
 from jobs.data.loader import RunLoader, SplitBatches
 from jobs.data.manifest import load_manifest
-from jobs.errors import CxrStudyError
+from jobs.errors import CxrStudyError, LeaseLost
 from jobs.scoring.calibration import brier_per_class, ece_per_class
 from jobs.scoring.metrics import auroc_per_class, best_f1_thresholds, f1_per_class, json_number, nanmean
 from jobs.scoring.predictions import as_stored, predictions_csv
@@ -118,9 +118,12 @@ def run(
                 if trainer.out_of_patience():
                     break
                 if not trainer.run_epoch(epoch, on_step, epoch_done):
-                    tracker.stopped()
+                    if trainer.stop_reason == "checkpoint":  # requeued to resume; a lost lease's run is another's
+                        tracker.stopped()
                     return None  # on_step stopped the run inside the epoch
             result = trainer.test_best(started)
+        except LeaseLost:
+            raise  # the run goes on with the lease's new holder, which tracks it
         except Exception as exc:
             tracker.fail(f"{type(exc).__name__}: {exc}")
             raise
@@ -199,6 +202,7 @@ class Trainer:
         self.steps_per_epoch = max(1, self.manifest["splits"]["train"]["images"] // cfg.batch_size)
         self.scheduler = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.progress, self.previous = RunProgress(), None  # previous: last.pt's bytes, saved next as last.prev.pt
+        self.stop_reason: str | None = None  # what on_step answered when it stopped the run
         m = self.manifest
         self.data = RunLoader(
             SplitBatches(
@@ -391,6 +395,8 @@ class Trainer:
                 "train_loss": round(p.partial_loss / self._read_count, 6) if self._read_count else None,
             }
         )
+        if directive in ("checkpoint", "abandon"):
+            self.stop_reason = directive
         if directive == "checkpoint":
             self._read_loss()
             self.save_last()

@@ -19,7 +19,7 @@ from jobs import tracking
 from jobs.spec.configs import TrainConfig
 from jobs.spec.runs import JobSpec
 from jobs.store import LocalStore
-from jobs.store.records import write_json
+from jobs.store.records import write_json, write_study
 from tests.orchestrator.test_cli import cxrstudy
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,10 +208,10 @@ def test_workers_that_start_together_share_the_experiment_and_end_under_one_pare
     for job, t in zip(jobs, trackers):
         store.put_text(job.keys.result, '{"status": "succeeded"}')
         t.finish({"test": {"avg_auroc": 0.5}, "best_epoch": 1}, None)
-    write_json(
-        store, "studies/s-1/study.json", {"study_id": "s-1", "spec": {"name": "s"}, "jobs": [j.to_json() for j in jobs]}
-    )
+    write_study(store, {"name": "s"}, "s-1", "datasets/d/x", jobs)
     store.put_text("studies/s-1/report/report.md", "# report\n")
+    kept = json.loads(store.get_text("studies/s-1/mlflow.json"))
+    write_json(store, "studies/s-1/mlflow.json", {**kept, "parent_run_id": extra.info.run_id})  # a loser's choice
     tracking.StudyTracker(store, "s-1", warnings.append).report("file:///report.md")
     assert warnings == []
     parents = client.search_runs([experiment], filter_string="tags.`cxrstudy.role` = 'study'")
@@ -221,6 +221,9 @@ def test_workers_that_start_together_share_the_experiment_and_end_under_one_pare
     assert len(children) == 9 and {c.data.tags[tracking.PARENT_TAG] for c in children} == {keep}
     assert moved.info.run_id in {c.info.run_id for c in children}
     assert json.loads(store.get_text("studies/s-1/mlflow.json"))["parent_run_id"] == keep
+    # The report went to the parent that was kept, not to the one the settling deleted.
+    assert [a.path for a in client.list_artifacts(keep, "report")] == ["report/report.md"]
+    assert parents[0].data.tags["cxrstudy.report"] == "file:///report.md"
 
 
 def test_a_resumed_run_logs_to_the_same_child_and_its_ends_are_recorded(mlflow_server, tmp_path):

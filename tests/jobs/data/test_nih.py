@@ -124,3 +124,18 @@ def test_read_nih_splits_the_present_images_by_the_same_random_protocol(syntheti
                                fractions=(0.6, 0.2, 0.2))  # fmt: skip
     for split in ("train", "val", "test"):
         assert sorted(r.image for r in ds.splits[split]) == expected[split][0]
+
+
+def test_lists_that_share_an_image_are_refused(synthetic, tmp_path):
+    root = tmp_path / "nih"
+    shutil.copytree(synthetic, root)
+    test_names = (root / "test_list.txt").read_text().split()
+    with open(root / "train_val_list.txt", "a") as fh:
+        fh.write(test_names[0] + "\n")
+    with pytest.raises(
+        DatasetError, match=rf"1 image\(s\) are in both train_val_list.txt and test_list.txt, e.g. {test_names[0]}"
+    ):
+        read_nih(LocalStore(root))
+    with pytest.raises(DatasetError, match="are in both"):
+        labelled_splits(LocalStore(root), ("train", "test"))
+    assert len(labelled_splits(LocalStore(root), ("test",))["test"][0]) == len(test_names)  # one list read: no clash

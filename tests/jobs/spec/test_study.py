@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from jobs.errors import ConfigError, StudyFileError
-from jobs.spec.study import check_option_name, expand, load_study_file, study_id
+from jobs.spec.study import check_option_name, expand, load_study_file, parse_study, study_id
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -233,3 +233,32 @@ def test_a_name_given_as_an_option_is_checked_like_one_in_the_file(value):
     with pytest.raises(ConfigError, match=r"^--dataset-id: use letters, digits, '\.', '_' and '-' only"):
         check_option_name(value, "--dataset-id")
     assert check_option_name("nih-v2.1", "--dataset-id") == "nih-v2.1" and check_option_name(None, "--x") is None
+
+
+def test_a_study_that_uses_no_new_setting_keeps_its_study_and_job_ids(nih_sample):
+    """Ids measured on the tree before `clahe` and `split` became settings (842de59): study.json's spec leaves
+    the new fields out at their old behaviour, so resubmitting an existing study resumes it."""
+    from jobs.data.manifest import plan
+
+    study = parse_study(
+        {
+            "name": "compat",
+            "dataset": str(nih_sample),
+            "preprocessing": {"image_size": 128},
+            "runs": {"densenet121": [1, 2], "efficientnet_b2": {"seeds": [3], "training": {"lr": 3.0e-4}}},
+        }
+    )
+    _, prefix = plan(study.dataset, study.preprocessing, None, log=lambda m: None)
+    sid = study_id(study, prefix.rsplit("/", 1)[-1])
+    assert prefix == "datasets/nih-sample/a9ebef4ed261ac55" and sid == "compat-b2bd6584d4"
+    assert [j.job_id for j in expand(study, sid, prefix)] == [
+        "densenet121-s1-fa313c64",
+        "densenet121-s2-8ebd8a9c",
+        "efficientnet_b2-s3-bc6bef5d",
+    ]
+    plain = parse_study({**study_spec_of(study), "preprocessing": {"image_size": 128, "clahe": False}})
+    assert study_id(plain, "x") != study_id(study, "x")  # a new setting used: a new study
+
+
+def study_spec_of(study) -> dict:
+    return {"name": study.name, "dataset": study.dataset, "runs": {g.architecture: list(g.seeds) for g in study.runs}}

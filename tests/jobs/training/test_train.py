@@ -380,3 +380,45 @@ def test_a_damaged_best_checkpoint_fails_the_run_and_the_next_attempt_trains_it_
     assert sum(1 for x in messages if " train loss " in x) == 1 and result["epochs_run"] == 1
     # Trained again from the start, the same run: the same epoch as the first attempt's.
     assert [{**json.loads(x), "seconds": 0} for x in store.get_text(j.keys.metrics).splitlines()] == first
+
+
+class RecordingTracker:
+    """Stands in for jobs.tracking.RunTracker: what the trainer told MLflow, in order."""
+
+    calls: list[str] = []
+
+    def __init__(self, store, job, log):
+        pass
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: RecordingTracker.calls.append(name)
+
+
+@pytest.mark.parametrize(
+    ("stop", "told"),
+    [
+        ("checkpoint", ["start", "stopped"]),  # SIGTERM or cancel: KILLED until the resume
+        ("abandon", ["start"]),  # a lost lease: the run is the new holder's to track
+        ("lease", ["start"]),  # LeaseLost raised from a fenced write: likewise, never FAILED
+    ],
+)
+def test_a_stopped_run_tells_tracking_only_what_is_its_own(prepared, monkeypatch, stop, told):
+    from jobs.errors import LeaseLost
+    from jobs.training import trainer
+
+    store, m = prepared
+    RecordingTracker.calls = []
+    monkeypatch.setattr(trainer, "RunTracker", RecordingTracker)
+
+    def on_step(position):
+        if stop == "lease":
+            raise LeaseLost("another worker acquired the job")
+        return stop
+
+    j = job(m, f"tracked-{stop}")
+    if stop == "lease":
+        with pytest.raises(LeaseLost):
+            train.run(j, store, log=lambda s: None, on_step=on_step)
+    else:
+        assert train.run(j, store, log=lambda s: None, on_step=on_step) is None
+    assert RecordingTracker.calls == told
