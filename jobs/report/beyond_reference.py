@@ -1,7 +1,8 @@
 """The report after the reference's sections: what none of the peers give for a seed study.
 
 Per architecture (``jobs.report.seeds``): per-class mean +/- std over seeds, the seed ensemble, bootstrap
-95% intervals, the best seed chosen on validation. Across scorers (``jobs.report.comparison``): paired
+95% intervals (by patient unless the options say image: :class:`StudyBootstrap`), the best seed chosen on
+validation; its calibration (``jobs.report.calibration``). Across scorers (``jobs.report.comparison``): paired
 DeLong tests between the architectures' ensembles, external baselines, and the pairs a user asked
 for. Figures (``jobs.report.figures``) under ``report/figures/``. Everything is computed from the runs'
 stored per-image predictions.
