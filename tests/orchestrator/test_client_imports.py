@@ -1,4 +1,5 @@
-"""The client commands load no training stack: `submit`, `status`, `list` without torch, timm or OpenCV."""
+"""The client commands load no training stack: `submit`, `status`, `list` without torch, timm or OpenCV (nor
+numba or MLflow, which a client has but need not wait for)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "torchvision", "timm", "cv2")
+# Installed in a client, but slow to import and not needed to submit or watch: the compiled bootstrap's
+# numba (its llvmlite) and MLflow's client.
+SLOW = ("numba", "llvmlite", "mlflow")
 
 STUDY = """\
 name: client-check
@@ -40,7 +44,7 @@ def run_cli_in_one_process(tmp_path: Path, dataset: Path) -> dict:
             if argv:
                 with contextlib.redirect_stdout(out):
                     codes.append(main(argv))
-            seen[name] = [m for m in {HEAVY!r} if m in sys.modules]
+            seen[name] = [m for m in {HEAVY + SLOW!r} if m in sys.modules]
         print(json.dumps({{"codes": codes, "seen": seen, "sid": sid, "out": out.getvalue()}}))
         """
     )
