@@ -21,6 +21,13 @@ NIH_SAMPLE = (ROOT / ".." / "shared" / "data" / "nih-sample").resolve()
 S3_KEY, S3_SECRET = "cxrstudy-test", "cxrstudy-test-secret"
 
 
+def free_port() -> int:
+    """A loopback port free right now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def nih_sample() -> Path:
     if not (NIH_SAMPLE / "Data_Entry_2017_v2020.csv").exists():

@@ -105,17 +105,12 @@ def bootstrap_auroc(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) 
 
 
 def auroc_and_bootstrap(labels: np.ndarray, scores: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`exact_auroc` and :func:`bootstrap_auroc` of the same scores, sorting them once."""
+    """The ``(classes,)`` AUROC of the scores themselves and :func:`bootstrap_auroc`, sorting them once.
+    The AUROC is the kernel's on one "resample" that draws every image once: the values of
+    :func:`jobs.scoring.metrics.auroc_per_class` (scikit-learn) without a second sort, which counts
+    when a report scores 100 runs."""
     ranked = _Ranked(labels, scores, counts.shape[1])
     return ranked.auroc(np.ones((1, counts.shape[1]), dtype=np.uint8, order="F"))[0], ranked.auroc(counts)
-
-
-def exact_auroc(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """``(classes,)`` AUROC of each class through the compiled kernel: one "resample" that draws every
-    image once. The same values as :func:`jobs.scoring.metrics.auroc_per_class` (scikit-learn), about
-    5x faster, which counts when a report scores 100 runs."""
-    ones = np.ones((1, np.shape(labels)[0]), dtype=np.uint8, order="F")
-    return bootstrap_auroc(labels, scores, ones)[0]
 
 
 class _Ranked:

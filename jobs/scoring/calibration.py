@@ -31,11 +31,9 @@ def brier_per_class(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
     return ((probs - labels) ** 2).mean(axis=0)
 
 
-def equal_mass_bins(probs: np.ndarray, bins: int = ECE_BINS) -> list[np.ndarray]:
-    """The image indices of each equal-mass bin of one class's probabilities, lowest first (ties kept together)."""
-    probs = np.asarray(probs, dtype=np.float64)
-    order = np.argsort(probs, kind="stable")
-    return np.split(order, _bin_bounds(probs[order], bins)[1:-1])
+def bin_sizes(probs: np.ndarray, bins: int = ECE_BINS) -> np.ndarray:
+    """The image count of each equal-mass bin of one class's probabilities, lowest first."""
+    return np.diff(_bin_bounds(np.sort(np.asarray(probs, dtype=np.float64)), bins))
 
 
 def _bin_bounds(ranked: np.ndarray, bins: int) -> np.ndarray:

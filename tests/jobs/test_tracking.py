@@ -21,16 +21,11 @@ from jobs.spec.configs import TrainConfig
 from jobs.spec.runs import JobSpec
 from jobs.store import LocalStore
 from jobs.store.records import write_json, write_study
+from tests.conftest import free_port
 from tests.orchestrator.test_cli import cxrstudy
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER = ROOT / ".venv-mlflow" / "bin" / "mlflow"  # scripts/bootstrap.sh --test installs the server there
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,13 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +25,7 @@ def redis_url(tmp_path_factory):
     binary = shutil.which("redis-server")
     if not binary:
         pytest.fail("the integration tests need Debian's redis-server: run `bash scripts/bootstrap.sh --test`")
-    port, data = _port(), tmp_path_factory.mktemp("redis")
+    port, data = free_port(), tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(data)],
         stdout=open(data / "redis.log", "wb"),

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jobs.scoring.calibration import brier_per_class, ece_per_class, equal_mass_bins, reliability_points
+from jobs.scoring.calibration import bin_sizes, brier_per_class, ece_per_class, reliability_points
 
 # Six images, two classes: class 0 is over-confident, class 1 well ranked.
 PROBS = np.array([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.2, 0.6], [0.1, 0.7], [0.05, 0.9]])
@@ -46,7 +46,7 @@ def test_ece_of_a_large_set_equals_a_loop_over_equal_count_bins():
             gap = abs(sum(labels[i, k] for i in members) / size - sum(probs[i, k] for i in members) / size)
             total += size * gap
         assert got[k] == pytest.approx(total / n, abs=1e-12)
-    assert [len(b) for b in equal_mass_bins(probs[:, 0], bins)] == sizes
+    assert bin_sizes(probs[:, 0], bins).tolist() == sizes
 
 
 def test_ties_are_never_split_between_bins():
@@ -54,13 +54,13 @@ def test_ties_are_never_split_between_bins():
     rank alone would split the ties and see errors that are not there)."""
     labels = np.array([[1], [0], [0], [0]] * 25)
     probs = np.full((100, 1), 0.25)
-    assert [len(b) for b in equal_mass_bins(probs[:, 0])] == [100]
+    assert bin_sizes(probs[:, 0]).tolist() == [100]
     assert ece_per_class(labels, probs)[0] == pytest.approx(0.0, abs=1e-15)
     # A cut inside ties moves to their end: [0.1 x 4, 0.2, 0.3] in 3 bins of 2 -> the cuts after 2 and 4 both
     # fall at 4, so two bins; [0.1, 0.2 x 3, 0.3, 0.4] -> cuts at 2 and 4 become 4 and 4: bins of 4 and 2.
-    assert [len(b) for b in equal_mass_bins(np.array([0.3, 0.1, 0.1, 0.2, 0.1, 0.1]), 3)] == [4, 2]
-    assert [len(b) for b in equal_mass_bins(np.array([0.1, 0.2, 0.2, 0.2, 0.3, 0.4]), 3)] == [4, 2]
-    assert [len(b) for b in equal_mass_bins(np.array([0.1, 0.2, 0.3, 0.3, 0.4, 0.5]), 3)] == [2, 2, 2]
+    assert bin_sizes(np.array([0.3, 0.1, 0.1, 0.2, 0.1, 0.1]), 3).tolist() == [4, 2]
+    assert bin_sizes(np.array([0.1, 0.2, 0.2, 0.2, 0.3, 0.4]), 3).tolist() == [4, 2]
+    assert bin_sizes(np.array([0.1, 0.2, 0.3, 0.3, 0.4, 0.5]), 3).tolist() == [2, 2, 2]
 
 
 def test_reliability_points_pool_the_classes():

@@ -41,31 +41,47 @@ def test_baselines_are_read_beside_the_study_file_and_leave_the_ids_alone(tmp_pa
     assert study_id(study, "abc") == study_id(plain, "abc")  # a baseline changes the report, not the runs
 
 
-def test_report_settings_are_read_and_leave_the_ids_alone(tmp_path):
+@pytest.mark.parametrize(
+    ("section", "read", "expected", "cases"),
+    [
+        (
+            "report: {bootstrap_unit: image, resamples: 2000}",
+            lambda s: (s.report.bootstrap_unit, s.report.resamples),
+            ("image", 2000),
+            [
+                (
+                    "report: {bootstrap_unit: visit}",
+                    r"report\.bootstrap_unit: must be one of patient, image \(got 'visit'\)",
+                ),
+                ("report: {resamples: 10}", r"report\.resamples: must be at least 100 \(got 10\)"),
+                ("report: {bootstrap: image}", r"report\.bootstrap: unknown key; did you mean 'bootstrap_unit'\?"),
+            ],
+        ),
+        (
+            "tracking: {mlflow: 'http://mlflow:5000', experiment: cxr}",
+            lambda s: (s.tracking.mlflow, s.tracking.experiment),
+            ("http://mlflow:5000", "cxr"),
+            [
+                (
+                    "tracking: {mlflow: 'mlflow:5000'}",
+                    r"tracking\.mlflow: must be a tracking URI such as http://mlflow:5000",
+                ),
+                ("tracking: {mlflow_uri: x}", r"tracking\.mlflow_uri: unknown key; did you mean 'mlflow'\?"),
+                ("tracking: yes", r"tracking: must be a mapping \(got True\)"),
+            ],
+        ),
+    ],
+    ids=["report", "tracking"],
+)
+def test_report_and_tracking_settings_are_read_checked_and_leave_the_ids_alone(
+    tmp_path, section, read, expected, cases
+):
     plain = load_study_file(write(tmp_path, MINIMAL))
-    study = load_study_file(write(tmp_path, MINIMAL + "report: {bootstrap_unit: image, resamples: 2000}\n"))
-    assert (study.report.bootstrap_unit, study.report.resamples) == ("image", 2000)
-    assert (plain.report.bootstrap_unit, plain.report.resamples) == (None, None)
-    assert study_id(study, "abc") == study_id(plain, "abc")  # the report's settings change the report, not the runs
-    for text, message in [
-        ("report: {bootstrap_unit: visit}", r"report\.bootstrap_unit: must be one of patient, image \(got 'visit'\)"),
-        ("report: {resamples: 10}", r"report\.resamples: must be at least 100 \(got 10\)"),
-        ("report: {bootstrap: image}", r"report\.bootstrap: unknown key; did you mean 'bootstrap_unit'\?"),
-    ]:
-        with pytest.raises(StudyFileError, match=rf"^{tmp_path / 'study.yaml'}: {message}$"):
-            load_study_file(write(tmp_path, MINIMAL + text + "\n"))
-
-
-def test_tracking_settings_are_read_and_leave_the_ids_alone(tmp_path):
-    plain = load_study_file(write(tmp_path, MINIMAL))
-    study = load_study_file(write(tmp_path, MINIMAL + "tracking: {mlflow: 'http://mlflow:5000', experiment: cxr}\n"))
-    assert (study.tracking.mlflow, study.tracking.experiment) == ("http://mlflow:5000", "cxr")
-    assert study_id(study, "abc") == study_id(plain, "abc")
-    for text, message in [
-        ("tracking: {mlflow: 'mlflow:5000'}", r"tracking\.mlflow: must be a tracking URI such as http://mlflow:5000"),
-        ("tracking: {mlflow_uri: x}", r"tracking\.mlflow_uri: unknown key; did you mean 'mlflow'\?"),
-        ("tracking: yes", r"tracking: must be a mapping \(got True\)"),
-    ]:
+    study = load_study_file(write(tmp_path, MINIMAL + section + "\n"))
+    assert read(study) == expected
+    assert read(plain) == (None, None)
+    assert study_id(study, "abc") == study_id(plain, "abc")  # they change the report or the tracking, not the runs
+    for text, message in cases:
         with pytest.raises(StudyFileError, match=rf"^{tmp_path / 'study.yaml'}: {message}"):
             load_study_file(write(tmp_path, MINIMAL + text + "\n"))
 
