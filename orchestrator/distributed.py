@@ -28,6 +28,7 @@ from jobs.store.records import (
     read_study,
     report_covers,
     run_state,
+    study_datasets,
     study_ids,
     study_jobs,
     study_snapshot,
@@ -54,6 +55,11 @@ def manifest_exists(store: Store, data_prefix: str) -> bool:
     return exists(store, data_prefix)
 
 
+def send_prepare(app, sid: str, data_prefix: str) -> None:
+    """Enqueue the prepare of one of the study's datasets (its runs follow once its shards are written)."""
+    app.send_task("cxrstudy.prepare", kwargs={"study_id": sid, "data_prefix": data_prefix}, queue="cpu")
+
+
 def connect(settings: Settings) -> tuple[Store, object]:
     """The store and the coordinator, both checked, with one-line errors naming the setting to fix."""
     settings.need("broker_url", "store")
@@ -77,15 +83,18 @@ def submit(study: Study, settings: Settings, log: Callable[[str], None] = print)
     if store.exists(layout.cancel_key(sid)):
         store.delete(layout.cancel_key(sid))
     app = make_app(settings)
-    if manifest_exists(store, registered.data_prefix):
-        from worker.tasks import enqueue_train
+    for data_prefix in registered.datasets:  # each prepared dataset: its runs now, or its prepare first
+        jobs = registered.jobs_on(data_prefix)
+        where = f" on {data_prefix}" if len(registered.datasets) > 1 else ""
+        if manifest_exists(store, data_prefix):
+            from worker.tasks import enqueue_train
 
-        pending = [j.job_id for j in jobs if not run_state(store, j).ended]
-        enqueue_train(app, sid, pending)
-        log(f"study {sid}: shards exist; {len(pending)} of {len(jobs)} runs enqueued on the gpu queue")
-    else:
-        app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
-        log(f"study {sid}: prepare enqueued on the cpu queue; its {len(jobs)} runs follow")
+            pending = [j.job_id for j in jobs if not run_state(store, j).ended]
+            enqueue_train(app, sid, pending)
+            log(f"study {sid}: shards exist{where}; {len(pending)} of {len(jobs)} runs enqueued on the gpu queue")
+        else:
+            send_prepare(app, sid, data_prefix)
+            log(f"study {sid}: prepare{where} enqueued on the cpu queue; its {len(jobs)} runs follow")
     return sid
 
 
@@ -175,7 +184,9 @@ class LostRunWatch:
         pending = [s for s in states if not s.ended and s.state != "running"]
         ids = {s.job.job_id for s in pending}
         self.missing_since = {k: t for k, t in self.missing_since.items() if k in ids}  # pending without a break
-        if not pending or not view.exists(layout.manifest_key(doc["data_prefix"])):
+        prepared = {p for p in {s.job.data_prefix for s in pending} if view.exists(layout.manifest_key(p))}
+        pending = [s for s in pending if s.job.data_prefix in prepared]  # the others wait on their prepare
+        if not pending:
             self.missing_since.clear()
             return
         present = self.coord.queued_jobs()
@@ -332,12 +343,22 @@ def resume(sid: str, settings: Settings) -> str:
         clear_ending(store, job)
         coord.attempts(job.job_id, -coord.attempts(job.job_id, 0))
         pending.append(job.job_id)
-    if not manifest_exists(store, doc["data_prefix"]):  # a failed or lost prepare: it runs again, then the runs
-        key = prepare_attempts_key(sid)
+    unprepared = [p for p in study_datasets(doc) if not manifest_exists(store, p)]
+    for data_prefix in unprepared:  # a failed or lost prepare: it runs again, then its runs
+        key = prepare_attempts_key(sid, data_prefix)
         coord.attempts(key, -coord.attempts(key, 0))
-        coord.unclaim(prepare_claim(sid, doc["data_prefix"]))  # a fan-in whose worker died before the manifest
-        app.send_task("cxrstudy.prepare", kwargs={"study_id": sid}, queue="cpu")
-        return f"study {sid}: no shards yet; prepare enqueued again (then its {len(pending)} runs)"
+        coord.unclaim(prepare_claim(sid, data_prefix))  # a fan-in whose worker died before the manifest
+        send_prepare(app, sid, data_prefix)
+    if unprepared:
+        held = {j.job_id for j in study_jobs(doc) if j.data_prefix in unprepared}
+        ready = [j for j in pending if j not in held]
+        enqueue_train(app, sid, ready)
+        if len(unprepared) == len(study_datasets(doc)):
+            return f"study {sid}: no shards yet; prepare enqueued again (then its {len(pending)} runs)"
+        return (
+            f"study {sid}: {len(unprepared)} of its {len(study_datasets(doc))} datasets have no shards yet; their "
+            f"prepare enqueued again (then their {len(pending) - len(ready)} runs); {len(ready)} runs enqueued again"
+        )
     enqueue_train(app, sid, pending)
     if not pending:
         if not report_ready(store, sid, settings.stale_after):

@@ -21,14 +21,15 @@ from orchestrator.submission import register
 def run_study(study: Study, store: Store, log: Callable[[str], None] = print) -> tuple[str, str, list[RunState]]:
     """Prepare, train every run, aggregate. Returns (study id, URL of report.md, the runs that did not succeed)."""
     registered = register(study, store, log)
-    manifest = prepare.run(study.dataset, store, study.preprocessing, study.dataset_id, log=log)
-    if manifest["prefix"] != registered.data_prefix:
-        raise CxrStudyError(
-            f"the dataset changed while it was prepared ({registered.data_prefix} -> {manifest['prefix']}); run again"
-        )
+    for data_prefix, config in registered.datasets.items():  # one prepared dataset per distinct preprocessing
+        manifest = prepare.run(study.dataset, store, config, study.dataset_id, log=log)
+        if manifest["prefix"] != data_prefix:
+            raise CxrStudyError(
+                f"the dataset changed while it was prepared ({data_prefix} -> {manifest['prefix']}); run again"
+            )
     jobs, failed = registered.jobs, []
     for i, job in enumerate(jobs, start=1):
-        log(f"run {i}/{len(jobs)}: {job.architecture} seed {job.seed} ({job.job_id})")
+        log(f"run {i}/{len(jobs)}: {job.arm} seed {job.seed} ({job.job_id})")
         if run_state(store, job).state != SUCCEEDED:
             clear_ending(store, job)  # as `resume` does: a failed, cancelled or damaged ending is run again
         try:

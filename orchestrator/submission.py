@@ -7,14 +7,16 @@ kept with the study and ``study.json`` is written (idempotent: same content, sam
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.data.manifest import plan
 from jobs.report.options import keep_baseline, load_options, save_options
 from jobs.scoring.predictions import read_location, read_prediction_csv
+from jobs.spec.configs import PrepConfig
 from jobs.spec.runs import JobSpec
-from jobs.spec.study import Study, expand, study_id
+from jobs.spec.study import Study, expand, prep_hash_of, study_id
 from jobs.store import Store, layout
 from jobs.store.records import write_json, write_study
 
@@ -66,19 +68,26 @@ def keep_tracking_settings(store: Store, sid: str, study: Study) -> None:
 @dataclass(frozen=True)
 class Registered:
     study_id: str
-    data_prefix: str  # datasets/<id>/<prep-hash>: where prepare writes the shards
+    datasets: dict[str, PrepConfig]  # datasets/<id>/<prep-hash> (where prepare writes the shards) -> its config
     jobs: list[JobSpec]
+
+    def jobs_on(self, data_prefix: str) -> list[JobSpec]:
+        """The runs that train on one prepared dataset."""
+        return [j for j in self.jobs if j.data_prefix == data_prefix]
 
 
 def register(study: Study, store: Store, log: Callable[[str], None] = print) -> Registered:
     """Check the study's inputs, then write its baselines and ``study.json``; returns its id and jobs."""
     baselines = read_study_baselines(study)  # a bad baseline file fails here, before anything is written
-    _, data_prefix = plan(study.dataset, study.preprocessing, study.dataset_id, log=log)
-    sid = study_id(study, data_prefix.rsplit("/", 1)[-1])
-    jobs = expand(study, sid, data_prefix)
+    prefixes = {p: plan(study.dataset, p, study.dataset_id, log=log)[1] for p in study.preprocessings()}
+    sid = study_id(study, {p: prep_hash_of(prefix) for p, prefix in prefixes.items()})
+    jobs = expand(study, sid, prefixes)
     keep_baselines(store, sid, baselines, log)
     keep_report_settings(store, sid, study)
     keep_tracking_settings(store, sid, study)
-    write_study(store, study.spec(), sid, data_prefix, jobs, study.source)
-    log(f"study {sid}: {len(jobs)} runs ({', '.join(f'{g.architecture} x {len(g.seeds)}' for g in study.runs)})")
-    return Registered(sid, data_prefix, jobs)
+    datasets = {prefix: p for p, prefix in prefixes.items()}
+    write_study(store, study.spec(), sid, jobs[0].data_prefix, jobs, study.source, datasets if study.variants else None)
+    arms = Counter(j.arm for j in jobs)
+    more = f" on {len(datasets)} prepared datasets" if len(datasets) > 1 else ""
+    log(f"study {sid}: {len(jobs)} runs ({', '.join(f'{arm} x {n}' for arm, n in arms.items())}){more}")
+    return Registered(sid, datasets, jobs)

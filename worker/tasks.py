@@ -1,8 +1,9 @@
 """The Celery tasks: thin shells over ``jobs`` with small JSON arguments (ids, never pickles).
 
-``cxrstudy.prepare(study_id)``  (cpu) plans the dataset's shards and enqueues one task per shard
-``cxrstudy.prepare_shard(study_id, shard)``  (cpu) one shard; the last writes the manifest and
-    enqueues the study's train jobs
+``cxrstudy.prepare(study_id, data_prefix)``  (cpu) plans one of the study's datasets (one per distinct
+    preprocessing of its variants) and enqueues one task per shard
+``cxrstudy.prepare_shard(study_id, shard, data_prefix)``  (cpu) one shard; the last writes the manifest
+    and enqueues the train jobs of the runs on that dataset
 ``cxrstudy.train(study_id, job_id)``  (gpu) one run, under a lease; the last run to end fans in
 ``cxrstudy.aggregate(study_id)``  (cpu) the report; idempotent
 ``cxrstudy.ping(sent)``  (any) logs its delay from enqueue to start: a probe of the queue
@@ -55,6 +56,7 @@ from jobs.store.records import (
     read_study,
     report_covers,
     run_state,
+    study_datasets,
     study_jobs,
     study_snapshot,
     write_aggregate_error,
@@ -127,7 +129,7 @@ def enqueue_aggregate(app, study_id: str) -> None:
     app.send_task("cxrstudy.aggregate", kwargs={"study_id": study_id}, queue="cpu")
 
 
-def _run_prepare(spec: dict, store_uri: str) -> str:
+def _run_prepare(spec: dict, preprocessing: dict, store_uri: str) -> str:
     """Run ``python -m jobs.prepare`` as a process of its own: Celery's pool children are daemonic
     and may not start the process pool CLAHE is spread over. Returns the prefix it wrote."""
     cmd = [
@@ -139,7 +141,7 @@ def _run_prepare(spec: dict, store_uri: str) -> str:
         "--store",
         store_uri,
         "--config",
-        json.dumps(spec["preprocessing"]),
+        json.dumps(preprocessing),
     ]
     if spec["dataset"]["id"]:
         cmd += ["--dataset-id", spec["dataset"]["id"]]
@@ -157,58 +159,72 @@ def _run_prepare(spec: dict, store_uri: str) -> str:
 
 
 @shared_task(name="cxrstudy.prepare", bind=True)
-def prepare_task(self, study_id: str) -> None:
-    """Plan the study's dataset and fan its shards out over the cpu queue (:mod:`jobs.data.fanout`);
-    a dataset prepared before is checked against its manifest (damaged shards rebuilt) instead.
-    Counted and retried like a train job: an error of the user's making fails the study's runs at
-    once, others are retried with backoff up to ``max_attempts``."""
+def prepare_task(self, study_id: str, data_prefix: str | None = None) -> None:
+    """Plan one of the study's datasets (``data_prefix``; None: its first, as a message sent before
+    variants existed means) and fan its shards out over the cpu queue (:mod:`jobs.data.fanout`); a
+    dataset prepared before is checked against its manifest (damaged shards rebuilt) instead.
+    Counted and retried like a train job: an error of the user's making fails the runs on that
+    dataset at once, others are retried with backoff up to ``max_attempts``."""
     settings, store, coord = _context()
     doc = read_study(store, study_id)
-    attempt = coord.attempts(prepare_attempts_key(study_id), 1)  # counted as it starts: a killed worker counts
+    prefix = _dataset_of(doc, data_prefix)
+    attempt = coord.attempts(prepare_attempts_key(study_id, prefix), 1)  # counted as it starts: a killed worker counts
     try:
         _attempts_left(settings, attempt, "prepare")
-        _plan_and_fan_out(self.app, settings, store, coord, doc)
+        _plan_and_fan_out(self.app, settings, store, coord, doc, prefix)
     except Exception as exc:
-        _retry_or_fail(self, settings, store, coord, doc, exc, attempt, f"{study_id}: prepare")
+        _retry_or_fail(self, settings, store, coord, doc, prefix, exc, attempt, f"{study_id}: prepare of {prefix}")
 
 
-def _plan_and_fan_out(app, settings, store, coord, doc: dict) -> None:
+def _dataset_of(doc: dict, data_prefix: str | None) -> str:
+    """The dataset a prepare task names: one of the study's (a message naming another fails at once)."""
+    prefix = data_prefix or doc["data_prefix"]
+    if prefix not in study_datasets(doc):
+        raise CxrStudyError(f"{doc['study_id']}: {prefix} is not one of the study's datasets; submit the study again")
+    return prefix
+
+
+def _plan_and_fan_out(app, settings, store, coord, doc: dict, prefix: str) -> None:
     from jobs.data import fanout
     from jobs.data.manifest import plan
     from jobs.spec.configs import PrepConfig
     from jobs.spec.schema import build
 
-    study_id, spec, prefix = doc["study_id"], doc["spec"], doc["data_prefix"]
+    study_id, spec, preprocessing = doc["study_id"], doc["spec"], study_datasets(doc)[prefix]
     if store.exists(layout.manifest_key(prefix)):
-        _same_dataset(doc, _run_prepare(spec, settings.store))
-        _prepare_fan_in(app, store, coord, doc)
+        _same_dataset(prefix, _run_prepare(spec, preprocessing, settings.store))
+        _prepare_fan_in(app, store, coord, doc, prefix)
         return
-    config = build(PrepConfig, spec["preprocessing"], "preprocessing")
+    config = build(PrepConfig, preprocessing, "preprocessing")
     dataset, planned = plan(spec["dataset"]["location"], config, spec["dataset"]["id"], _log)
-    _same_dataset(doc, planned)
+    _same_dataset(prefix, planned)
     names = fanout.write_plan(store, spec["dataset"]["location"], dataset, config, prefix)
     for name in names:  # a new plan: each shard's attempts start over
-        key = shard_attempts_key(study_id, name)
+        key = shard_attempts_key(study_id, prefix, name)
         coord.attempts(key, -coord.attempts(key, 0))
     done = fanout.done_shards(store, prefix)
     pending = [name for name in names if name not in done]
     for name in pending:
-        app.send_task("cxrstudy.prepare_shard", kwargs={"study_id": study_id, "shard": name}, queue="cpu")
+        app.send_task(
+            "cxrstudy.prepare_shard",
+            kwargs={"study_id": study_id, "shard": name, "data_prefix": prefix},
+            queue="cpu",
+        )
     _log(f"{study_id}: prepare planned {len(names)} shards of {prefix}; {len(pending)} enqueued on the cpu queue")
     if not pending:
-        _prepare_fan_in(app, store, coord, doc)
+        _prepare_fan_in(app, store, coord, doc, prefix)
 
 
 @shared_task(name="cxrstudy.prepare_shard", bind=True)
-def prepare_shard_task(self, study_id: str, shard: str) -> None:
+def prepare_shard_task(self, study_id: str, shard: str, data_prefix: str | None = None) -> None:
     """One shard of a fanned-out prepare; the task that writes the last one writes the manifest and
-    enqueues the study's runs. Idempotent: a shard already written with its digest is skipped."""
+    enqueues the runs on that dataset. Idempotent: a shard already written with its digest is skipped."""
     from jobs.data import fanout
 
     settings, store, coord = _context()
     doc = read_study(store, study_id)
-    prefix = doc["data_prefix"]
-    attempt = coord.attempts(shard_attempts_key(study_id, shard), 1)
+    prefix = _dataset_of(doc, data_prefix)
+    attempt = coord.attempts(shard_attempts_key(study_id, prefix, shard), 1)
     started = time.monotonic()
     try:
         _attempts_left(settings, attempt, f"shard {shard}")
@@ -216,12 +232,13 @@ def prepare_shard_task(self, study_id: str, shard: str) -> None:
         index = fanout.read_plan(store, prefix)
         done = fanout.done_shards(store, prefix) & set(index["shards"])
         _log(
-            f"{study_id}: shard {shard} ready in {time.monotonic() - started:.1f} s; {len(done)}/{len(index['shards'])}"
+            f"{study_id}: shard {shard} of {prefix} ready in {time.monotonic() - started:.1f} s; "
+            f"{len(done)}/{len(index['shards'])}"
         )
         if len(done) == len(index["shards"]):
-            _prepare_fan_in(self.app, store, coord, doc, index)
+            _prepare_fan_in(self.app, store, coord, doc, prefix, index)
     except Exception as exc:
-        _retry_or_fail(self, settings, store, coord, doc, exc, attempt, f"{study_id}: shard {shard}")
+        _retry_or_fail(self, settings, store, coord, doc, prefix, exc, attempt, f"{study_id}: shard {shard}")
 
 
 def cpu_cores() -> int:
@@ -232,12 +249,12 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
-def prepare_attempts_key(study_id: str) -> str:
-    return f"prepare:{study_id}"
+def prepare_attempts_key(study_id: str, data_prefix: str) -> str:
+    return f"prepare-attempts:{study_id}:{data_prefix}"
 
 
-def shard_attempts_key(study_id: str, shard: str) -> str:
-    return f"prepare:{study_id}:{shard}"
+def shard_attempts_key(study_id: str, data_prefix: str, shard: str) -> str:
+    return f"prepare-attempts:{study_id}:{data_prefix}:{shard}"
 
 
 class AttemptsExhausted(CxrStudyError):
@@ -249,13 +266,15 @@ def _attempts_left(settings, attempt: int, what: str) -> None:
         raise AttemptsExhausted(f"{what} did not finish in {attempt - 1} attempts (its worker died each time?)")
 
 
-def _retry_or_fail(task, settings, store, coord, doc: dict, exc: Exception, attempt: int, what: str) -> None:
-    """A failed prepare task: final (every run of the study fails, the report says why) for an error
+def _retry_or_fail(
+    task, settings, store, coord, doc: dict, prefix: str, exc: Exception, attempt: int, what: str
+) -> None:
+    """A failed prepare task: final (every run on the dataset fails, the report says why) for an error
     of the user's making or the last attempt; otherwise retried after the backoff."""
     delay = settings.retry_delay(attempt, random.random())
     if isinstance(exc, (*FINAL_ERRORS, AttemptsExhausted)) or attempt >= settings.max_attempts:
         try:
-            _prepare_failed(task.app, settings, store, coord, doc, exc)
+            _prepare_failed(task.app, settings, store, coord, doc, prefix, exc)
             return
         except Exception as unrecorded:  # the store is away too: try again later rather than lose it
             _log(f"{what}: the failure could not be recorded ({type(unrecorded).__name__}: {unrecorded})")
@@ -279,12 +298,12 @@ def _retry_later(task, delay: float, what: str) -> None:
 PREPARE_CLAIM_TTL = 14 * 86400.0  # until resume drops it: a late copy of a shard task enqueues no run twice
 
 
-def _prepare_fan_in(app, store, coord, doc: dict, index: dict | None = None) -> None:
-    """Every shard is written: the manifest (once), then the study's runs (once per study). A
-    fan-in that fails gives its claim back, so the retry of its task can do it."""
+def _prepare_fan_in(app, store, coord, doc: dict, prefix: str, index: dict | None = None) -> None:
+    """Every shard of one dataset is written: the manifest (once), then the runs on it (once per study
+    and dataset). A fan-in that fails gives its claim back, so the retry of its task can do it."""
     from jobs.data import fanout
 
-    study_id, prefix = doc["study_id"], doc["data_prefix"]
+    study_id = doc["study_id"]
     claim = prepare_claim(study_id, prefix)
     if not coord.claim(claim, ttl=PREPARE_CLAIM_TTL):
         return
@@ -292,35 +311,36 @@ def _prepare_fan_in(app, store, coord, doc: dict, index: dict | None = None) -> 
         if not store.exists(layout.manifest_key(prefix)):
             fanout.finish(store, prefix, index or fanout.read_plan(store, prefix))
             _log(f"{study_id}: every shard is written; {store.url(layout.manifest_key(prefix))} written")
-        _enqueue_runs(app, store, study_id, doc)
+        _enqueue_runs(app, store, study_id, doc, prefix)
     except BaseException:
         coord.unclaim(claim)
         raise
 
 
 def prepare_claim(study_id: str, prefix: str) -> str:
-    """The claim of the task that writes the manifest and enqueues the study's runs (``resume`` drops it)."""
+    """The claim of the task that writes a dataset's manifest and enqueues its runs (``resume`` drops it)."""
     return f"prepare:{study_id}:{prefix}"
 
 
-def _same_dataset(doc: dict, prefix: str) -> None:
-    if prefix != doc["data_prefix"]:
+def _same_dataset(expected: str, prefix: str) -> None:
+    if prefix != expected:
         raise CxrStudyError(
-            f"the dataset changed between submit and prepare ({doc['data_prefix']} -> {prefix}); submit the study again"
+            f"the dataset changed between submit and prepare ({expected} -> {prefix}); submit the study again"
         )
 
 
-def _enqueue_runs(app, store, study_id: str, doc: dict) -> None:
-    pending = [j.job_id for j in study_jobs(doc) if run_state(store, j).state not in TERMINAL]
+def _enqueue_runs(app, store, study_id: str, doc: dict, prefix: str) -> None:
+    jobs = [j for j in study_jobs(doc) if j.data_prefix == prefix]
+    pending = [j.job_id for j in jobs if run_state(store, j).state not in TERMINAL]
     enqueue_train(app, study_id, pending)
-    _log(f"{study_id}: shards ready; {len(pending)} train jobs enqueued")
+    _log(f"{study_id}: shards of {prefix} ready; {len(pending)} train jobs enqueued")
 
 
-def _prepare_failed(app, settings, store, coord, doc: dict, exc: Exception) -> None:
-    """A prepare that cannot finish fails every run that has no result (the report says why)."""
+def _prepare_failed(app, settings, store, coord, doc: dict, prefix: str, exc: Exception) -> None:
+    """A prepare that cannot finish fails every run on its dataset that has no result (the report says why)."""
     study_id = doc["study_id"]
     for job in study_jobs(doc):
-        if not store.exists(job.keys.result):
+        if job.data_prefix == prefix and not store.exists(job.keys.result):
             write_error(store, job, f"{type(exc).__name__}: {exc}", final=True, stage="prepare")
     _log(f"{study_id}: prepare failed: {exc}")
     maybe_aggregate(app, store, coord, study_id, settings.stale_after)

@@ -1,4 +1,5 @@
-"""The study file: a grid of architectures x seeds over one dataset, preprocessing and training recipe.
+"""The study file: a grid of architectures x seeds (x variants) over one dataset, preprocessing and
+training recipe.
 
 ```yaml
 name: clahe-focal-seeds
@@ -9,13 +10,20 @@ runs:
   densenet121: [12, 22, 32, 42]
   efficientnet_b2: {seeds: [22, 32, 42], training: {lr: 3.0e-4}}
 baselines: {chexnet: predictions/chexnet.csv}   # optional: other systems' predictions, in the report
+variants:                           # optional: arms beyond the seed, each crossed with every run
+  clahe-focal: {}                                  # the recipe above
+  plain-focal: {preprocessing: {clahe: false}}     # its own prepared dataset
+  clahe-bce: {training: {loss: bce}}               # shares clahe-focal's dataset
 report: {bootstrap_unit: patient, resamples: 1000}  # optional: how the report draws its intervals
 tracking: {mlflow: http://mlflow.mlops:5000, experiment: cxr}  # optional: log the runs to MLflow too
 ```
 
-Every key is checked: an unknown key, a wrong type or a bad value is a one-line error naming the
-file and the field. Architecture names are checked against timm's list without importing timm
-(:mod:`jobs.spec.architectures`); ids are content hashes (:mod:`jobs.spec.runs`).
+An *arm* is an architecture with a variant. A variant's overrides go on top of the recipe and of the
+architecture's own ``training`` in ``runs``. Every key is checked: an unknown key, a wrong type or a
+bad value is a one-line error naming the file and the field; so are an empty variant name and two
+variants that resolve to the same preprocessing and training. Architecture names are checked
+against timm's list without importing timm (:mod:`jobs.spec.architectures`); ids are content
+hashes (:mod:`jobs.spec.runs`).
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ import yaml
 from jobs.errors import ConfigError, StudyFileError
 from jobs.spec.architectures import check_architecture
 from jobs.spec.configs import SEED, PrepConfig, ReportConfig, TrackingConfig, TrainConfig
-from jobs.spec.runs import JobSpec, job_id
+from jobs.spec.runs import JobSpec, arm_name, job_id
 from jobs.spec.runs import study_id as _study_id
 from jobs.spec.schema import build, coerce, unknown_key
 
@@ -63,6 +71,31 @@ class RunGroup:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A variant of the study file: its resolved preprocessing, and each run group's resolved training
+    (in the order of ``runs``)."""
+
+    name: str
+    preprocessing: PrepConfig
+    training: tuple[TrainConfig, ...]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """An architecture with a variant (None: a study without variants): its seeds and resolved config."""
+
+    architecture: str
+    variant: str | None
+    seeds: tuple[int, ...]
+    training: TrainConfig
+    preprocessing: PrepConfig
+
+    @property
+    def name(self) -> str:
+        return arm_name(self.architecture, self.variant)
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     dataset: str
@@ -76,10 +109,12 @@ class Study:
     baselines: tuple[tuple[str, str], ...] = ()
     report: ReportConfig = ReportConfig()  # how the report computes its intervals; not part of the id either
     tracking: TrackingConfig = TrackingConfig()  # where the runs are logged besides the store; nor this
+    variants: tuple[Variant, ...] = ()  # none: one arm per architecture, the recipe's
 
     def spec(self) -> dict:
-        """The normalised spec, as written into study.json (and hashed into the study id)."""
-        return {
+        """The normalised spec, as written into study.json (and hashed into the study id). A study
+        without variants has no ``variants`` field, so it keeps the id it had before variants existed."""
+        spec = {
             "name": self.name,
             "dataset": {"location": self.dataset, "id": self.dataset_id},
             "preprocessing": self.preprocessing.spec(),
@@ -88,6 +123,26 @@ class Study:
                 for g in self.runs
             ],
         }
+        if self.variants:
+            spec["variants"] = [
+                {"name": v.name, "preprocessing": v.preprocessing.spec(), "training": [asdict(t) for t in v.training]}
+                for v in self.variants
+            ]
+        return spec
+
+    def arms(self) -> list[Arm]:
+        """Every arm, architecture by architecture (in the order of ``runs``), then variant by variant."""
+        if not self.variants:
+            return [Arm(g.architecture, None, g.seeds, g.training, self.preprocessing) for g in self.runs]
+        return [
+            Arm(g.architecture, v.name, g.seeds, v.training[i], v.preprocessing)
+            for i, g in enumerate(self.runs)
+            for v in self.variants
+        ]
+
+    def preprocessings(self) -> list[PrepConfig]:
+        """The distinct preprocessing configs of the arms: one prepared dataset each."""
+        return list(dict.fromkeys(a.preprocessing for a in self.arms()))
 
 
 def parse_study(data, source: str = "<study>") -> Study:
@@ -103,7 +158,7 @@ def _parse(data) -> Study:
         raise ValueError(
             "the study file must be a mapping with name, dataset, runs (and optional preprocessing, training)"
         )
-    known = ("name", "dataset", "preprocessing", "training", "runs", "baselines", "report", "tracking")
+    known = ("name", "dataset", "preprocessing", "training", "runs", "variants", "baselines", "report", "tracking")
     for key in data:
         if key not in known:
             raise unknown_key("", key, known)
@@ -155,8 +210,60 @@ def _parse(data) -> Study:
     report = build(ReportConfig, data.get("report"), "report")
     tracking = build(TrackingConfig, data.get("tracking"), "tracking")
     return Study(
-        name, dataset, dataset_id, prep, training, tuple(groups), baselines=baselines, report=report, tracking=tracking
+        name,
+        dataset,
+        dataset_id,
+        prep,
+        training,
+        tuple(groups),
+        baselines=baselines,
+        report=report,
+        tracking=tracking,
+        variants=_variants(data.get("variants"), prep, groups),
     )
+
+
+VARIANT_KEYS = ("preprocessing", "training")
+
+
+def _variants(entry, prep: PrepConfig, groups: list[RunGroup]) -> tuple[Variant, ...]:
+    """``variants: {name: {preprocessing: {...}, training: {...}}}``: each override resolved on top of the
+    recipe (``training`` on top of each architecture's own); two variants may not resolve alike."""
+    if entry is None:
+        return ()
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError(
+            "variants: must map each variant's name to its overrides, e.g. "
+            "{clahe: {}, plain: {preprocessing: {clahe: false}}}"
+        )
+    variants, seen = [], {}
+    for name, overrides in entry.items():
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"variants: a variant has an empty name ({name!r}); name it, e.g. plain-focal")
+        path = f"variants.{name}"
+        check_name(name, path)
+        overrides = {} if overrides is None else overrides
+        if not isinstance(overrides, dict):
+            raise ValueError(
+                f"{path}: must be a mapping of preprocessing and/or training overrides, {{}} for the recipe itself "
+                f"(got {overrides!r})"
+            )
+        for key in overrides:
+            if key not in VARIANT_KEYS:
+                raise unknown_key(path, key, VARIANT_KEYS)
+        resolved = Variant(
+            name,
+            build(PrepConfig, overrides.get("preprocessing"), f"{path}.preprocessing", prep),
+            tuple(build(TrainConfig, overrides.get("training"), f"{path}.training", g.training) for g in groups),
+        )
+        same = seen.setdefault((resolved.preprocessing, resolved.training), name)
+        if same != name:
+            raise ValueError(
+                f"{path}: resolves to the same preprocessing and training as variants.{same}, so its runs would "
+                "repeat that variant's; give it an override that differs, or remove it"
+            )
+        variants.append(resolved)
+    return tuple(variants)
 
 
 def _baselines(entry) -> tuple[tuple[str, str], ...]:
@@ -199,14 +306,31 @@ def load_study_file(path: str | Path) -> Study:
     return dataclasses.replace(study, source=str(path), dataset=beside(study.dataset), baselines=baselines)
 
 
-def study_id(study: Study, prep_hash: str) -> str:
-    return _study_id(study.name, study.spec(), prep_hash)
+def prep_hash_of(data_prefix: str) -> str:
+    return data_prefix.rsplit("/", 1)[-1]
 
 
-def expand(study: Study, sid: str, data_prefix: str) -> list[JobSpec]:
-    """The study's jobs, one per (architecture, seed), in file order."""
-    return [
-        JobSpec(sid, job_id(sid, g.architecture, seed, g.training), g.architecture, seed, g.training, data_prefix)
-        for g in study.runs
-        for seed in g.seeds
-    ]
+def _per_prep(study: Study, value: str | dict[PrepConfig, str]) -> dict[PrepConfig, str]:
+    return value if isinstance(value, dict) else {p: value for p in study.preprocessings()}
+
+
+def study_id(study: Study, prep_hashes: str | dict[PrepConfig, str]) -> str:
+    """The study's id. ``prep_hashes``: each of :meth:`Study.preprocessings` with its prepared dataset's
+    hash (one hash: every arm's dataset)."""
+    hashes = _per_prep(study, prep_hashes)
+    if not study.variants:
+        return _study_id(study.name, study.spec(), hashes[study.preprocessing])
+    return _study_id(study.name, study.spec(), [hashes[p] for p in study.preprocessings()])
+
+
+def expand(study: Study, sid: str, prefixes: str | dict[PrepConfig, str]) -> list[JobSpec]:
+    """The study's jobs, one per (architecture, variant, seed), arm by arm (:meth:`Study.arms`).
+    ``prefixes``: each of :meth:`Study.preprocessings` with its prepared dataset (one: every arm's)."""
+    prefixes, jobs = _per_prep(study, prefixes), []
+    for arm in study.arms():
+        prefix = prefixes[arm.preprocessing]
+        prep = prep_hash_of(prefix) if arm.variant is not None else None
+        for seed in arm.seeds:
+            jid = job_id(sid, arm.architecture, seed, arm.training, arm.variant, prep)
+            jobs.append(JobSpec(sid, jid, arm.architecture, seed, arm.training, prefix, arm.variant))
+    return jobs

@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from jobs.errors import CxrStudyError, DamagedArtifact, NoSuchObject
+from jobs.spec.configs import PrepConfig
 from jobs.spec.runs import JobSpec
 from jobs.store import layout
 from jobs.store.backends import Store
@@ -88,9 +89,18 @@ def write_json(store: Store, key: str, record: dict) -> None:
 STUDY_FIELDS = ("study_id", "spec.name", "data_prefix", "submitted", "jobs")
 
 
-def write_study(store: Store, spec: dict, sid: str, data_prefix: str, jobs: list[JobSpec], source: str = "") -> None:
+def write_study(
+    store: Store,
+    spec: dict,
+    sid: str,
+    data_prefix: str,
+    jobs: list[JobSpec],
+    source: str = "",
+    datasets: dict[str, PrepConfig] | None = None,
+) -> None:
     """``studies/<id>/study.json``: the spec as submitted and the expanded job list (kept if present:
-    the same id means the same content; a damaged one is written again)."""
+    the same id means the same content; a damaged one is written again). ``datasets``: in a study with
+    variants, each prepared dataset's prefix and preprocessing (``data_prefix`` is the first's)."""
     key = layout.study_key(sid)
     if store.exists(key):
         try:
@@ -106,6 +116,8 @@ def write_study(store: Store, spec: dict, sid: str, data_prefix: str, jobs: list
         "submitted": utc_timestamp(),
         "jobs": [j.to_json() for j in jobs],
     }
+    if datasets is not None:
+        doc["datasets"] = {prefix: config.spec() for prefix, config in datasets.items()}
     write_json(store, key, doc)
 
 
@@ -132,6 +144,15 @@ def read_study(store: Store, study_id: str) -> dict:
 
 def study_jobs(doc: dict) -> list[JobSpec]:
     return [JobSpec.from_json(j, "study.json") for j in doc["jobs"]]
+
+
+def study_datasets(doc: dict) -> dict[str, dict]:
+    """Each prepared dataset of a study (its prefix) with the preprocessing spec it is prepared with:
+    one per distinct preprocessing of its variants, or the study's one."""
+    datasets = doc.get("datasets")
+    if isinstance(datasets, dict) and datasets:
+        return datasets
+    return {doc["data_prefix"]: doc["spec"]["preprocessing"]}
 
 
 def study_ids(store: Store) -> list[str]:

@@ -53,7 +53,9 @@ def test_a_passing_prepare_error_is_retried_after_the_backoff_and_fails_no_run(w
     store, jobs, settings, coord, doc = world
     task = FakeTask(make_app(settings))
     with pytest.raises(Retry):
-        tasks._retry_or_fail(task, settings, store, coord, doc, StoreError("GET: S3 error 503"), 2, "prepare")
+        tasks._retry_or_fail(
+            task, settings, store, coord, doc, doc["data_prefix"], StoreError("GET: S3 error 503"), 2, "prepare"
+        )
     assert len(task.countdowns) == 1 and 10 <= task.countdowns[0] <= 20  # attempt 2: between 10 and 20 s
     assert [run_state(store, j).state for j in jobs] == ["queued", "queued"]
 
@@ -62,7 +64,7 @@ def test_a_passing_prepare_error_is_retried_after_the_backoff_and_fails_no_run(w
 def test_a_users_error_or_the_last_attempt_fails_every_run_with_the_reason(world, exc, attempt):
     store, jobs, settings, coord, doc = world
     task = FakeTask(make_app(settings))
-    tasks._retry_or_fail(task, settings, store, coord, doc, exc, attempt, "prepare")
+    tasks._retry_or_fail(task, settings, store, coord, doc, doc["data_prefix"], exc, attempt, "prepare")
     assert task.countdowns == []
     for job in jobs:
         state = run_state(store, job)
