@@ -56,7 +56,7 @@ def not_succeeded(store, sid: str, states: list, total: int) -> int:
     if not states:
         return 0
     named = [
-        f"{s.job.architecture} seed {s.job.seed} "
+        f"{s.job.arm} seed {s.job.seed} "
         + (f"failed, see {store.url(s.job.keys.error)}" if s.state == "failed" else s.state)
         for s in states[:5]
     ]

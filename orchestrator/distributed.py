@@ -36,7 +36,7 @@ from jobs.store.records import (
     utc_timestamp,
 )
 from jobs.store.snapshot import Snapshot
-from orchestrator.status import cache_file, render_status, report_state, rows_of
+from orchestrator.status import cache_file, render_status, report_state, rows_of, run_label
 from orchestrator.submission import register
 from worker.coord import open_coord
 from worker.settings import Settings
@@ -278,7 +278,7 @@ class _Watch:
                     self.last_rows[r["job_id"]] = key
                     auroc = "" if r["val_auroc"] is None else f" val AUROC {r['val_auroc']:.4f}"
                     epoch = f" epoch {r['epoch']}" if r["epoch"] else ""
-                    self.log(f"{sid}: {r['architecture']} seed {r['seed']}: {r['state']}{epoch}{auroc}")
+                    self.log(f"{sid}: {run_label(r)} seed {r['seed']}: {r['state']}{epoch}{auroc}")
         else:
             text = render_status(view, sid, doc, states, self.coord.queue_depths(), False)
             if text != self.last_text:

@@ -30,9 +30,10 @@ def parse_baseline_option(text: str) -> tuple[str, str]:
 
 
 def scorer_names(store: Store, sid: str, jobs: list[JobSpec], extra: list[str]) -> list[str]:
-    """What ``--compare`` may name: each architecture (its seed ensemble), each run, each baseline."""
-    names = list(dict.fromkeys(j.architecture for j in jobs))
-    names += [f"{j.architecture}:{j.seed}" for j in jobs]
+    """What ``--compare`` may name: each architecture, or arm (``densenet121@plain``: its seed ensemble),
+    each run (``densenet121@plain:42``), each baseline."""
+    names = list(dict.fromkeys(j.arm for j in jobs))
+    names += [f"{j.arm}:{j.seed}" for j in jobs]
     return names + [n for n in [*stored_baselines(store, sid), *extra] if n not in names]
 
 
@@ -60,7 +61,7 @@ def report(
         options.bootstrap_unit = bootstrap_unit
     known = scorer_names(store, sid, jobs, [name for name, *_ in files])
     for name, *_ in files:
-        if name in {j.architecture for j in jobs}:
+        if name in {j.arm for j in jobs} | {j.architecture for j in jobs}:
             raise ConfigError(f"--baseline {name}=...: {name!r} names an architecture of the study; pick another name")
     for a, b in compare:
         for label in (a, b):

@@ -1,4 +1,5 @@
-"""The status table of a study: one row per run, the summary line, and the report's state.
+"""The status table of a study: one row per run, the summary line, and the report's state; in a study
+with variants, a Variant column and a line per arm (an architecture with a variant).
 
 Everything here reads what :func:`jobs.store.records.run_state` decided, and copes with records that
 lack fields (a damaged or hand-edited ``result.json``): such a run still has its row, with a note
@@ -67,6 +68,7 @@ def rows_of(states: list[RunState]) -> list[dict]:
         row = {
             "job_id": s.job.job_id,
             "architecture": s.job.architecture,
+            **({"variant": s.job.variant} if s.job.variant is not None else {}),
             "seed": s.job.seed,
             "state": s.state,
             "epoch": f"{p.get('epoch', 0)}/{epochs}" if p else "",
@@ -89,10 +91,13 @@ def rows_of(states: list[RunState]) -> list[dict]:
 
 def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, report: str) -> str:
     """The status table; ``report`` is one of :func:`report_state`'s phrases (or "")."""
-    header = ["Architecture", "Seed", "State", "Epoch", "Val AUROC", "Worker", "Elapsed"]
+    variants = any("variant" in r for r in rows)
+    header = ["Architecture", *(["Variant"] if variants else []), "Seed", "State", "Epoch", "Val AUROC", "Worker"]
+    header.append("Elapsed")
     table = [header] + [
         [
             r["architecture"],
+            *([r.get("variant", "")] if variants else []),
             str(r["seed"]),
             r["state"] + _attempts(r.get("attempts"), r.get("retry_at")),
             r["epoch"] + (f" step {r['step']}" if r["state"] == "running" and r["step"] else ""),
@@ -112,8 +117,30 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
     if depths and "running" in depths:  # held leases: the jobs KEDA counts with the queued ones
         queue += f", running {depths['running']}"
     done = f"; {report}" if report else ""
-    errors = [f"  {r['architecture']} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
-    return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *lines, *errors])
+    errors = [f"  {run_label(r)} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
+    arms = arm_lines(rows) if variants else []
+    return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *arms, *lines, *errors])
+
+
+def run_label(row: dict) -> str:
+    """A row's arm: ``densenet121``, or ``densenet121 plain-focal`` in a study with variants."""
+    return f"{row['architecture']} {row['variant']}" if "variant" in row else row["architecture"]
+
+
+def arm_lines(rows: list[dict]) -> list[str]:
+    """One line per arm: its runs' states and the mean test Avg AUROC of those that succeeded."""
+    arms: dict[str, list[dict]] = {}
+    for r in rows:
+        arms.setdefault(run_label(r), []).append(r)
+    lines = []
+    for arm, members in arms.items():
+        counts: dict[str, int] = {}
+        for r in members:
+            counts[r["state"]] = counts.get(r["state"], 0) + 1
+        tested = [r["test_auroc"] for r in members if r.get("test_auroc") is not None]
+        mean = f"; test Avg AUROC {sum(tested) / len(tested):.4f} (mean of {len(tested)})" if tested else ""
+        lines.append(f"  arm {arm}: {', '.join(f'{n} {state}' for state, n in counts.items())}{mean}")
+    return lines
 
 
 def report_state(store: Store, sid: str, states: list[RunState]) -> tuple[str, str]:

@@ -28,6 +28,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def plain_resize(path: Path, size: int):
+    """OpenCV's INTER_AREA resize of a real NIH film read as grayscale (a few are RGBA PNGs): what prepare
+    stores without CLAHE."""
+    import cv2
+
+    gray = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    gray = cv2.cvtColor(gray, cv2.COLOR_BGRA2GRAY) if gray.ndim == 3 else gray
+    return cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)
+
+
 @pytest.fixture(scope="session")
 def nih_sample() -> Path:
     if not (NIH_SAMPLE / "Data_Entry_2017_v2020.csv").exists():

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 
 from jobs.errors import CxrStudyError, DamagedArtifact
-from jobs.report import comparison, figures, seeds
+from jobs.report import comparison, effects, figures, seeds
 from jobs.report.baselines import BaselineScore, score_predictions
 from jobs.report.calibration import calibration_section
 from jobs.report.options import ReportOptions, stored_baselines
+from jobs.report.reference import SeedRun
 from jobs.report.tables import display_name
 from jobs.scoring.bootstrap import Resampling, resampling
 from jobs.scoring.metrics import nanmean
@@ -32,9 +33,12 @@ def beyond_reference(
     options: ReportOptions,
     structured: dict,
     log: Callable[[str], None],
+    arms: dict[str, tuple[str, str, list[SeedRun]]] | None = None,
 ) -> tuple[str, dict[str, list[list]], dict[str, bytes]]:
-    """The report after the reference's sections: per architecture the seed spread, bootstrap intervals,
-    the seed ensemble and the validation-chosen seed; DeLong tests; baselines; figures.
+    """The report after the reference's sections: per architecture (or arm) the seed spread, bootstrap
+    intervals, the seed ensemble and the validation-chosen seed; DeLong tests between the architectures,
+    or, in a study with variants (``arms``: each arm's architecture, variant and seeds' test metrics), the
+    cross-arm table and the variant effects; baselines; figures.
     Returns the markdown, CSV tables (name -> rows) and PNG figures (name -> bytes); fills ``structured``."""
     started = time.monotonic()
     text = [
@@ -54,7 +58,13 @@ def beyond_reference(
         f"by {bootstrap.unit}) and ensembles in {time.monotonic() - started:.1f}s"
     )
     ensembles = [r.ensemble for _, r in results]
-    if len(ensembles) > 1:
+    if arms:
+        arm_results = [effects.ArmResult(key, *arms[key][:2], arms[key][2], r.ensemble) for key, r in results]
+        section, tables, structured["variants"], effect_pngs = effects.effects_section(arm_results, bootstrap)
+        text.append(section)
+        files.update(tables)
+        pngs.update(effect_pngs)
+    elif len(ensembles) > 1:
         section, rows = comparison.ensembles_section(ensembles)
         text.append(section)
         files["delong.csv"] = rows

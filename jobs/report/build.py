@@ -1,7 +1,8 @@
 """A study's report from every run's files in the store, under ``studies/<id>/report/``:
 
-    report.md                     per architecture the reference's four sections, then mean +/- std,
-                                  then the part beyond the reference (:mod:`jobs.report.beyond_reference`)
+    report.md                     per architecture (per arm: an architecture with a variant, in a study with
+                                  variants) the reference's four sections, then mean +/- std, then the
+                                  part beyond the reference (:mod:`jobs.report.beyond_reference`)
     runs.csv                      one row per run: status, loss, Avg AUROC/F1, per-class AUROC and F1
     <arch>_overall.csv            Seed, Loss, Avg AUROC, Avg F1, Avg Brier, Avg ECE
     <arch>_calibration.csv        per seed and the ensemble: Brier and ECE per class and on average
@@ -10,12 +11,17 @@
     <arch>_ensemble.csv           per class: seeds' mean and std, the seed ensemble's AUROC, CI and F1
     <arch>_bootstrap_ci.csv       per seed and class: AUROC and its bootstrap 95% interval
     architectures.csv             mean and std over seeds per architecture
-    delong.csv                    paired DeLong tests between the architectures' seed ensembles
+    delong.csv                    paired DeLong tests between the architectures' seed ensembles (no variants)
+    arms.csv, effects.csv         with variants: mean and std per arm, and the variant effects
+                                  (:mod:`jobs.report.effects`)
     baselines.csv, baselines_delong.csv   external baselines, when the study has any
     compare_delong.csv            the pairs asked for with ``cxrstudy report --compare``
     compute.csv                   per run: attempts, wall and GPU seconds, versions, GPU, determinism
     report.json                   everything above, structured (NaN as null)
-    figures/*.png                 seed spread and reliability per architecture, ROC curves, Avg AUROC per seed
+    figures/*.png                 seed spread and reliability per architecture, ROC curves, Avg AUROC per seed,
+                                  the variant effects
+
+<arch> is the architecture's timm name, or the arm's name (``densenet121@plain-focal``) with variants.
 
 Runs that have not succeeded are listed in the report with their state (from
 :func:`jobs.store.records.run_state`, the one place a run's state is decided), not dropped silently;
@@ -141,14 +147,18 @@ def prepared_config(store: Store, data_prefix: str) -> dict:
     return config.get("config") if isinstance(config.get("config"), dict) else {}
 
 
-def architecture_title(arch: str, runs: list[RunState], prep: dict) -> tuple[str, str]:
+def architecture_title(arch: str, runs: list[RunState], prep: dict, show_size: bool = False) -> tuple[str, str]:
     """The section's title and introduction, in the words of the reference write-ups, from the actual
-    config: "CLAHE" only when CLAHE was on, the loss's name, the split protocol."""
+    config: "CLAHE" only when CLAHE was on, the loss's name, the split protocol; with variants, the
+    variant's name, and the input size when the arms differ in it (``show_size``)."""
     loss_name = runs[0].job.training.loss.name
     loss = LOSS_NAMES.get(loss_name, loss_name)
     test_images = next(s.detail["test"]["images"] for s in runs if s.state == SUCCEEDED)
     clahe = prep.get("clahe", True)
-    title = f"{display_name(arch)}{' (CLAHE)' if clahe else ''} with {loss} — Random Seed Impact"
+    size = f" at {prep.get('image_size', '?')} px" if show_size else ""
+    variant = runs[0].job.variant
+    arm = f" [variant {variant}]" if variant is not None else ""
+    title = f"{display_name(arch)}{' (CLAHE)' if clahe else ''} with {loss}{size}{arm} — Random Seed Impact"
     fractions = prep.get("split_fractions") or {"train": 0.7, "val": 0.1, "test": 0.2}
     percent = {k: round(100 * float(v), 4) for k, v in fractions.items()}
     protocol = SPLIT_NAMES.get(prep.get("split", "official"), SPLIT_NAMES["official"]).format(**percent)
@@ -159,6 +169,8 @@ def architecture_title(arch: str, runs: list[RunState], prep: dict) -> tuple[str
         f"Metrics are on the test split ({test_images:,} images; {protocol}); F1 uses per-class thresholds "
         f"chosen on validation."
     )
+    if variant is not None:
+        intro += f" This arm is the study's variant `{variant}`; the cross-arm tables below compare the arms."
     return title, intro
 
 
@@ -262,7 +274,7 @@ def incomplete_section(states: list[RunState]) -> str | None:
         return None
     rows = [
         [
-            display_name(s.job.architecture),
+            display_name(s.job.arm),
             str(s.job.seed),
             f"`{s.job.job_id}`",
             reported_status(s),
@@ -280,8 +292,11 @@ def incomplete_section(states: list[RunState]) -> str | None:
 
 
 def runs_csv(states: list[RunState]) -> str:
+    """One row per run; a ``variant`` column after the architecture only in a study with variants."""
+    variants = any(s.job.variant is not None for s in states)
     header = [
         "architecture",
+        *(["variant"] if variants else []),
         "seed",
         "job_id",
         "status",
@@ -295,13 +310,14 @@ def runs_csv(states: list[RunState]) -> str:
     rows = [header]
     for s in states:
         job = s.job
+        arm = [job.architecture, *([job.variant] if variants else [])]
         if s.state != SUCCEEDED:
-            rows.append([job.architecture, job.seed, job.job_id, reported_status(s)])
+            rows.append([*arm, job.seed, job.job_id, reported_status(s)])
             continue
         r, t = s.detail, s.detail["test"]
         rows.append(
             [
-                job.architecture,
+                *arm,
                 job.seed,
                 job.job_id,
                 SUCCEEDED,
@@ -338,11 +354,13 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
     doc, states = study_states(store, study_id)
     report = Report(study_id, structured={"study_id": study_id, "architectures": {}})
     groups: dict[str, list[RunState]] = {}
-    for s in states:
-        groups.setdefault(s.job.architecture, []).append(s)
+    for s in states:  # by arm: the architecture, with its variant in a study with variants
+        groups.setdefault(s.job.arm, []).append(s)
+    preps = {arm: prepared_config(store, members[0].job.data_prefix) for arm, members in groups.items()}
+    show_size = len({p.get("image_size") for p in preps.values()}) > 1
 
-    cross, beyond_inputs = [], []
-    for arch, members in groups.items():
+    cross, beyond_inputs, arms = [], [], {}
+    for arm, members in groups.items():
         finished = [s for s in members if s.state == SUCCEEDED]
         if not finished:
             continue
@@ -351,26 +369,29 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         predictions = run_predictions(store, finished)
         calibrations = {r.seed: r.calibration for r in predictions or ()}
         done = [seed_run(s.detail, calibrations.get(s.detail["seed"])) for s in finished]
-        title, intro = architecture_title(arch, members, prepared_config(store, members[0].job.data_prefix))
+        job = members[0].job
+        title, intro = architecture_title(job.architecture, members, preps[arm], show_size)
         report.sections.append(architecture_section(title, done, intro))
-        cross.append((display_name(arch), done))
-        files, report.structured["architectures"][arch] = seed_tables(arch, done)
+        cross.append((display_name(arm), done))
+        files, report.structured["architectures"][arm] = seed_tables(arm, done)
         report.files.update(files)
         if predictions is not None:
-            beyond_inputs.append((arch, predictions))
-    if cross:
+            beyond_inputs.append((arm, predictions))
+            if job.variant is not None:
+                arms[arm] = (job.architecture, job.variant, done)
+    if cross and not arms:  # with variants, the cross-arm table (with each ensemble) is in the effects section
         report.sections.append(cross_architecture_section(cross))
         report.files["architectures.csv"] = architectures_csv(cross)
     else:
         report.sections.insert(0, f"# Study {study_id}\n\nNo run has finished yet.")
     if beyond_inputs:
         text, tables, report.pngs = beyond_reference.beyond_reference(
-            study_id, store, beyond_inputs, options, report.structured, log
+            study_id, store, beyond_inputs, options, report.structured, log, arms
         )
         report.sections.append(text)
         report.files.update({name: csv_text(rows) for name, rows in tables.items()})
     text, rows, report.structured["compute"] = compute_section(
-        store, doc.get("submitted"), states, lambda s: display_name(s.job.architecture)
+        store, doc.get("submitted"), states, lambda s: display_name(s.job.arm)
     )
     report.sections.append(text)
     report.files["compute.csv"] = csv_text(rows)
@@ -380,6 +401,7 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         {
             "job_id": s.job.job_id,
             "architecture": s.job.architecture,
+            **({"variant": s.job.variant} if s.job.variant is not None else {}),
             "seed": s.job.seed,
             "status": reported_status(s),
             "result": s.detail if s.ended else None,

@@ -10,6 +10,8 @@
 - ``reliability_figure``: one architecture's reliability diagram, every (image, class) pair pooled in
   equal-mass bins: observed frequency against mean predicted probability, per seed and for the
   ensemble, with the diagonal of perfect calibration.
+- ``effects_figure``: a study with variants' effects, one row per pair of arms: the difference of the
+  seed ensembles' Avg AUROC with its bootstrap 95% interval, each class's difference as a dot.
 
 No pyplot: nothing global, nothing that needs a display, so worker processes can draw. Sizes are fixed
 (no ``bbox_inches="tight"``) so the pixel dimensions below hold, and the PNG carries no software or
@@ -35,6 +37,7 @@ SEED_SPREAD_SIZE = (1600, 800)  # width, height in pixels
 ROC_GRID_SIZE = (1600, 1600)
 AVG_AUROC_SIZE = (1000, 700)
 RELIABILITY_SIZE = (900, 800)
+EFFECTS_WIDTH, EFFECTS_ROW, EFFECTS_MARGIN = 1200, 60, 160  # the effects figure grows by one row per effect
 
 # One colour per seed (tab10 without red and grey: red is the ensemble's, grey the min-max lines').
 SEED_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf")
@@ -279,4 +282,33 @@ def reliability_figure(
     ax.grid(alpha=0.3)
     ax.set_title(f"{name}: reliability on the test split")
     ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def effects_size(rows: int) -> tuple[int, int]:
+    return EFFECTS_WIDTH, EFFECTS_MARGIN + EFFECTS_ROW * max(rows, 1)
+
+
+def effects_figure(effects: list[tuple[str, float, float, float, np.ndarray]]) -> bytes:
+    """The effects of a study with variants as PNG bytes of ``effects_size(len(effects))`` pixels.
+
+    Args:
+        effects: ``(title, avg_difference, ci_low, ci_high, class_differences)`` per pair of arms, top to
+            bottom; a NaN bound draws no interval.
+    """
+    fig = _figure(effects_size(len(effects)))
+    ax = fig.add_subplot()
+    ys = np.arange(len(effects))[::-1]
+    for y, (_, diff, lo, hi, classes) in zip(ys, effects):
+        classes = np.asarray(classes, dtype=np.float64)
+        ax.scatter(classes, np.full(len(classes), y), color=SPREAD_COLOUR, s=14, alpha=0.6, zorder=2)
+        if not (np.isnan(lo) or np.isnan(hi)):
+            ax.hlines(y, lo, hi, color=ENSEMBLE_COLOUR, linewidth=2.5, zorder=3)
+        ax.scatter([diff], [y], color=ENSEMBLE_COLOUR, marker="D", s=60, edgecolors="black", zorder=4)
+    ax.axvline(0.0, color="black", linewidth=1, linestyle="--")
+    ax.set_yticks(ys, [e[0] for e in effects])
+    ax.set_ylim(-0.7, len(effects) - 0.3)
+    ax.set_xlabel("difference of the seed ensembles' test AUROC (A − B)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title("Variant effects: Avg AUROC difference with its bootstrap 95% CI; dots: each class")
     return _png(fig)

@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from jobs.spec.runs import ARM_SEPARATOR
+
 DISPLAY_NAMES = {"densenet121": "DenseNet-121", "efficientnet_b2": "EfficientNet-B2", "resnet50": "ResNet-50"}
 LOSS_NAMES = {"focal": "Focal Loss", "bce": "BCE Loss", "asl": "Asymmetric Loss"}
 
@@ -43,7 +45,11 @@ def mean_std(values: list[float]) -> str:
 
 
 def display_name(architecture: str) -> str:
-    return DISPLAY_NAMES.get(architecture, architecture)
+    """An architecture as the write-ups name it (DenseNet-121); an arm with its variant in brackets
+    (``densenet121@plain`` -> DenseNet-121 (plain))."""
+    arch, separator, variant = architecture.partition(ARM_SEPARATOR)
+    name = DISPLAY_NAMES.get(arch, arch)
+    return f"{name} ({variant})" if separator else name
 
 
 def csv_text(rows: list[list]) -> str:

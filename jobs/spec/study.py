@@ -39,7 +39,7 @@ import yaml
 from jobs.errors import ConfigError, StudyFileError
 from jobs.spec.architectures import check_architecture
 from jobs.spec.configs import SEED, PrepConfig, ReportConfig, TrackingConfig, TrainConfig
-from jobs.spec.runs import JobSpec, arm_name, job_id
+from jobs.spec.runs import JobSpec, arm_name, digest, job_id
 from jobs.spec.runs import study_id as _study_id
 from jobs.spec.schema import build, coerce, unknown_key
 
@@ -256,7 +256,8 @@ def _variants(entry, prep: PrepConfig, groups: list[RunGroup]) -> tuple[Variant,
             build(PrepConfig, overrides.get("preprocessing"), f"{path}.preprocessing", prep),
             tuple(build(TrainConfig, overrides.get("training"), f"{path}.training", g.training) for g in groups),
         )
-        same = seen.setdefault((resolved.preprocessing, resolved.training), name)
+        resolved_config = digest([asdict(resolved.preprocessing), [asdict(t) for t in resolved.training]])
+        same = seen.setdefault(resolved_config, name)
         if same != name:
             raise ValueError(
                 f"{path}: resolves to the same preprocessing and training as variants.{same}, so its runs would "

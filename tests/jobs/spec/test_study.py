@@ -281,3 +281,90 @@ def test_a_study_that_uses_no_new_setting_keeps_its_study_and_job_ids(nih_sample
 
 def study_spec_of(study) -> dict:
     return {"name": study.name, "dataset": study.dataset, "runs": {g.architecture: list(g.seeds) for g in study.runs}}
+
+
+VARIANTS = (
+    MINIMAL.rstrip(" ")
+    + """\
+    variants:
+      clahe-focal: {}
+      plain-focal: {preprocessing: {clahe: false}}
+      clahe-bce: {training: {loss: bce}}
+    """
+)
+
+
+def test_variants_cross_the_runs_into_arms_with_their_resolved_configs(tmp_path):
+    study = load_study_file(write(tmp_path, VARIANTS))
+    arms = study.arms()
+    assert [a.name for a in arms] == [
+        "densenet121@clahe-focal",
+        "densenet121@plain-focal",
+        "densenet121@clahe-bce",
+        "efficientnet_b2@clahe-focal",
+        "efficientnet_b2@plain-focal",
+        "efficientnet_b2@clahe-bce",
+    ]
+    base, plain, bce = arms[3:]
+    # A variant goes on top of the architecture's own training: EfficientNet-B2 keeps its lr and drop_path.
+    assert bce.training.lr == 3e-4 and bce.training.drop_path == 0.1 and bce.training.loss.name == "bce"
+    assert bce.training.loss.args == {} and plain.training == base.training and base.training.loss.name == "focal"
+    assert plain.preprocessing.clahe is False and bce.preprocessing == base.preprocessing == study.preprocessing
+    assert study.preprocessings() == [study.preprocessing, plain.preprocessing]  # two prepared datasets
+
+    prefixes = {study.preprocessing: "datasets/x/aaa", plain.preprocessing: "datasets/x/bbb"}
+    sid = study_id(study, {p: prefix.rsplit("/", 1)[1] for p, prefix in prefixes.items()})
+    jobs = expand(study, sid, prefixes)
+    assert [(j.arm, j.seed, j.data_prefix) for j in jobs[:4]] == [
+        ("densenet121@clahe-focal", 12, "datasets/x/aaa"),
+        ("densenet121@clahe-focal", 22, "datasets/x/aaa"),
+        ("densenet121@plain-focal", 12, "datasets/x/bbb"),
+        ("densenet121@plain-focal", 22, "datasets/x/bbb"),
+    ]
+    assert jobs[0].job_id.startswith("densenet121-clahe-focal-s12-") and len({j.job_id for j in jobs}) == len(jobs)
+    # The job id covers the variant's resolved config: another prepared dataset, another id.
+    moved = expand(study, sid, {**prefixes, plain.preprocessing: "datasets/x/ccc"})
+    assert [j.job_id == k.job_id for j, k in zip(jobs, moved)] == [j.variant != "plain-focal" for j in jobs]
+    # study.json's spec names every variant resolved; the id changes with any of them.
+    assert [v["name"] for v in study.spec()["variants"]] == ["clahe-focal", "plain-focal", "clahe-bce"]
+    assert sid != study_id(study, {study.preprocessing: "aaa", plain.preprocessing: "ccc"})
+    without = load_study_file(write(tmp_path, MINIMAL))
+    assert "variants" not in without.spec() and [a.variant for a in without.arms()] == [None, None]
+
+
+@pytest.mark.parametrize(
+    "variants, message",
+    [
+        ('{"": {}, b: {}}', r"variants: a variant has an empty name \(''\); name it"),
+        ("{~: {}}", r"variants: a variant has an empty name \(None\)"),
+        ("{a/b: {}}", r"variants\.a/b: use letters, digits"),
+        (
+            "{a: {preprocesing: {clahe: false}}}",
+            r"variants\.a\.preprocesing: unknown key; did you mean 'preprocessing'\?",
+        ),
+        ("{a: {seeds: [1]}}", r"variants\.a\.seeds: unknown key; known keys: preprocessing, training"),
+        ("{a: {training: {los: bce}}}", r"variants\.a\.training\.los: unknown key; did you mean 'loss'\?"),
+        ("{a: {preprocessing: {clahe: maybe}}}", r"variants\.a\.preprocessing\.clahe: must be true or false"),
+        ("{a: plain}", r"variants\.a: must be a mapping of preprocessing and/or training overrides"),
+        ("[a, b]", r"variants: must map each variant's name to its overrides"),
+        (
+            "{a: {}, b: {training: {epochs: 2}}}",
+            r"variants\.b: resolves to the same preprocessing and training as variants\.a",
+        ),
+        (
+            "{a: {training: {loss: bce}}, b: {training: {loss: {name: bce}}}}",
+            r"variants\.b: resolves to the same preprocessing and training as variants\.a",
+        ),
+        (
+            "{a: {}, b: {preprocessing: {split: random, split_fractions: {train: 0.7, val: 0.1, test: 0.3}}}}",
+            r"variants\.b\.preprocessing\.split_fractions: train, val and test must sum to 1 \(got 0\.7 \+ 0\.1 \+ "
+            r"0\.3 = 1\.1\)",
+        ),
+    ],
+)
+def test_a_bad_variant_is_a_one_line_error_naming_the_file_and_field(tmp_path, variants, message):
+    path = write(tmp_path, MINIMAL + f"variants: {variants}\n")
+    with pytest.raises(StudyFileError) as err:
+        load_study_file(path)
+    assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
+    assert __import__("re").search(message, str(err.value)), str(err.value)

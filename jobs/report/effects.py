@@ -1,0 +1,331 @@
+"""What a study with ``variants:`` asks: how much each variant, and each architecture, changes the result.
+
+An *arm* is an architecture with a variant. This part of the report has
+
+- the cross-arm table: per arm, mean ± std over seeds of Loss, Avg AUROC and Avg F1, and its seed
+  ensemble's Avg AUROC;
+- one *effect* table per pair of variants within an architecture, and per pair of architectures within
+  a variant: per class and on average, the difference of the two seed ensembles' AUROC (A - B), its
+  95% bootstrap interval (both arms scored on the same resamples: the study's bootstrap of the test
+  images both scored, by patient unless the options say image), the paired DeLong p (per class; the
+  average's p is the bootstrap's, two-sided) and the Holm-adjusted p;
+- a sentence naming the differences that survive Holm's adjustment, over every p of the section;
+- a figure of the effects with their intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from jobs.data.labels import CLASSES
+from jobs.report import figures
+from jobs.report.comparison import on_common_images
+from jobs.report.reference import SeedRun
+from jobs.report.seeds import Ensemble
+from jobs.report.tables import display_name, fmt, markdown_table, mean_std
+from jobs.scoring.bootstrap import Resampling, auroc_and_bootstrap, interval, percentile_interval, row_nanmean
+from jobs.scoring.delong import delong_test, holm
+from jobs.scoring.metrics import json_number, nanmean
+
+ALPHA = 0.05  # family-wise error of the section
+
+
+@dataclass
+class ArmResult:
+    """One arm's seeds (their test metrics) and seed ensemble."""
+
+    key: str  # densenet121@plain-focal
+    architecture: str
+    variant: str
+    runs: list[SeedRun]
+    ensemble: Ensemble
+
+
+@dataclass
+class Effect:
+    """A - B, the two arms' seed ensembles on the test images both scored."""
+
+    kind: str  # "variant" (same architecture) or "architecture" (same variant)
+    within: str  # the architecture (kind variant) or the variant (kind architecture) both share
+    a: ArmResult
+    b: ArmResult
+    images: int
+    auroc_a: np.ndarray  # (classes,) NaN where a class cannot be compared
+    auroc_b: np.ndarray
+    diff: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    p: np.ndarray  # DeLong, per class
+    avg: tuple[float, float, float, float, float]  # Avg AUROC of A, of B, the difference, its interval
+    avg_p: float  # two-sided bootstrap p of the average difference
+    p_holm: np.ndarray | None = None  # per class, then the average: filled over the whole section
+    resampling: str = ""
+
+    @property
+    def name_a(self) -> str:
+        return self.a.variant if self.kind == "variant" else display_name(self.a.architecture)
+
+    @property
+    def name_b(self) -> str:
+        return self.b.variant if self.kind == "variant" else display_name(self.b.architecture)
+
+    @property
+    def title(self) -> str:
+        within = display_name(self.within) if self.kind == "variant" else f"variant {self.within}"
+        return f"{within}: {self.name_a} − {self.name_b}"
+
+
+def effect_pairs(arms: list[ArmResult]) -> list[tuple[str, str, ArmResult, ArmResult]]:
+    """Every two variants of an architecture, then every two architectures of a variant (in file order)."""
+    pairs = []
+    for kind, held in (("variant", "architecture"), ("architecture", "variant")):
+        for value in dict.fromkeys(getattr(a, held) for a in arms):
+            members = [a for a in arms if getattr(a, held) == value]
+            pairs += [(kind, value, x, y) for i, x in enumerate(members) for y in members[i + 1 :]]
+    return pairs
+
+
+def bootstrap_p(differences: np.ndarray) -> float:
+    """Two-sided p of "no difference" from a bootstrap sample of the difference: twice the smaller share
+    of resamples on either side of zero, each counted with the observed one (never 0)."""
+    d = differences[~np.isnan(differences)]
+    if not len(d):
+        return float("nan")
+    side = min(int((d <= 0).sum()), int((d >= 0).sum()))
+    return min(1.0, 2 * (side + 1) / (len(d) + 1))
+
+
+def measure_effect(
+    kind: str, within: str, a: ArmResult, b: ArmResult, resample: Callable[[list[str]], Resampling]
+) -> Effect | None:
+    """The effect A - B on the images both scored; None when they share no test image."""
+    pa, pb = on_common_images(a.ensemble.test, b.ensemble.test)
+    if not pa.names:
+        return None
+    resampling = resample(pa.names)
+    auc_a, boot_a = auroc_and_bootstrap(pa.labels, pa.probs, resampling.counts)
+    auc_b, boot_b = auroc_and_bootstrap(pb.labels, pb.probs, resampling.counts)
+    nan = np.full(len(CLASSES), np.nan)
+    diff, p = nan.copy(), nan.copy()
+    for k in range(len(CLASSES)):
+        y = pa.labels[:, k]
+        if y.sum() < 2 or (1 - y).sum() < 2:  # DeLong needs two of each; the class is left out
+            continue
+        _, _, p[k] = delong_test(y, pa.probs[:, k], pb.probs[:, k])
+        diff[k] = auc_a[k] - auc_b[k]
+    compared = ~np.isnan(diff)
+    low, high = percentile_interval(boot_a - boot_b)
+    avg_a, avg_b = nanmean(auc_a), nanmean(auc_b)
+    avg_boot = row_nanmean(boot_a) - row_nanmean(boot_b)
+    return Effect(
+        kind,
+        within,
+        a,
+        b,
+        len(pa.names),
+        np.where(compared, auc_a, np.nan),
+        np.where(compared, auc_b, np.nan),
+        diff,
+        np.where(compared, low, np.nan),
+        np.where(compared, high, np.nan),
+        p,
+        (avg_a, avg_b, avg_a - avg_b, *interval(avg_boot)),
+        bootstrap_p(avg_boot),
+        resampling=resampling.describe(),
+    )
+
+
+def adjust(effects: list[Effect]) -> int:
+    """Holm-adjust every p of the section together (each effect's classes and its average); returns how
+    many p-values the family holds."""
+    family = [
+        (e, k)
+        for e in effects
+        for k in [*np.flatnonzero(~np.isnan(e.p)), *([len(CLASSES)] if e.avg_p == e.avg_p else [])]
+    ]
+    adjusted = holm([float(e.p[k]) if k < len(CLASSES) else e.avg_p for e, k in family])
+    for e in effects:
+        e.p_holm = np.full(len(CLASSES) + 1, np.nan)
+    for (e, k), value in zip(family, adjusted):
+        e.p_holm[k] = value
+    return len(family)
+
+
+def _signed(x: float) -> str:
+    return "n/a" if x != x else f"{x:+.4f}"
+
+
+def _p(x: float) -> str:
+    return "n/a" if x != x else f"{x:.4g}"
+
+
+def effect_table(e: Effect) -> str:
+    rows = []
+    for k, c in enumerate(CLASSES):
+        if np.isnan(e.diff[k]):
+            rows.append([c, "n/a", "n/a", "n/a", "not compared (fewer than 2 positives or negatives)", "", ""])
+            continue
+        ci = f"{e.low[k]:+.4f} to {e.high[k]:+.4f}"
+        rows.append([c, fmt(e.auroc_a[k]), fmt(e.auroc_b[k]), _signed(e.diff[k]), ci, _p(e.p[k]), _p(e.p_holm[k])])
+    avg_a, avg_b, d, lo, hi = e.avg
+    rows.append(
+        [
+            "**Average**",
+            fmt(avg_a),
+            fmt(avg_b),
+            f"**{_signed(d)}**",
+            f"{lo:+.4f} to {hi:+.4f}",
+            f"{_p(e.avg_p)} (bootstrap)",
+            _p(e.p_holm[-1]),
+        ]
+    )
+    return markdown_table(["Class", e.name_a, e.name_b, "Difference", "95% CI", "p", "p (Holm)"], rows)
+
+
+def survivors(effects: list[Effect]) -> list[str]:
+    """``"DenseNet-121: clahe − plain on Effusion (+0.0123, p Holm 0.002)"`` for each adjusted p below ALPHA."""
+    out = []
+    for e in effects:
+        names = [c for k, c in enumerate(CLASSES) if e.p_holm[k] < ALPHA]
+        names = [f"{c} ({_signed(e.diff[CLASSES.index(c)])}, p Holm {_p(e.p_holm[CLASSES.index(c)])})" for c in names]
+        if e.p_holm[-1] < ALPHA:
+            names.insert(0, f"the average ({_signed(e.avg[2])}, p Holm {_p(e.p_holm[-1])})")
+        if names:
+            out.append(f"{e.title} on {', '.join(names)}")
+    return out
+
+
+def cross_arm_table(arms: list[ArmResult]) -> tuple[str, list[list]]:
+    """Markdown and CSV rows: per arm, mean ± std over seeds and the seed ensemble's Avg AUROC."""
+    rows, csv_rows = [], [["Arm", "Architecture", "Variant", "Seeds", *CROSS_COLUMNS, "Ensemble Avg AUROC"]]
+    for a in arms:
+        values = [[getattr(r, f) for r in a.runs] for f in ("loss", "avg_auroc", "avg_f1")]
+        ens = nanmean(a.ensemble.auroc)
+        rows.append(
+            [display_name(a.architecture), a.variant, str(len(a.runs)), *(mean_std(v) for v in values), fmt(ens)]
+        )
+        stats = [x for v in values for x in (np.mean(v), np.std(v, ddof=1) if len(v) > 1 else "")]
+        csv_rows.append([a.key, a.architecture, a.variant, len(a.runs), *stats, ens])
+    headers = ["Architecture", "Variant", "Seeds", "Loss", "Avg AUROC", "Avg F1", "Ensemble Avg AUROC"]
+    return markdown_table(headers, rows), csv_rows
+
+
+CROSS_COLUMNS = ["Loss mean", "Loss std", "Avg AUROC mean", "Avg AUROC std", "Avg F1 mean", "Avg F1 std"]
+EFFECT_HEADER = [
+    "Kind",
+    "Within",
+    "A",
+    "B",
+    "Class",
+    "Images",
+    "AUROC A",
+    "AUROC B",
+    "Difference",
+    "CI low",
+    "CI high",
+    "p",
+    "p method",
+    "p Holm",
+]
+
+
+def effect_rows(e: Effect) -> list[list]:
+    rows = [
+        [e.kind, e.within, e.a.key, e.b.key, c, e.images, e.auroc_a[k], e.auroc_b[k], e.diff[k]]
+        + [e.low[k], e.high[k], e.p[k], "delong", e.p_holm[k]]
+        for k, c in enumerate(CLASSES)
+        if not np.isnan(e.diff[k])
+    ]
+    avg_a, avg_b, d, lo, hi = e.avg
+    return rows + [
+        [e.kind, e.within, e.a.key, e.b.key, "Average", e.images, avg_a, avg_b, d, lo, hi]
+        + [e.avg_p, "bootstrap", e.p_holm[-1]]
+    ]
+
+
+def effect_json(e: Effect) -> dict:
+    n = json_number
+    return {
+        "kind": e.kind,
+        "within": e.within,
+        "a": e.a.key,
+        "b": e.b.key,
+        "images": e.images,
+        "classes": {
+            c: {
+                "auroc_a": n(e.auroc_a[k]),
+                "auroc_b": n(e.auroc_b[k]),
+                "difference": n(e.diff[k]),
+                "ci": [n(e.low[k]), n(e.high[k])],
+                "p": n(e.p[k]),
+                "p_holm": n(e.p_holm[k]),
+            }
+            for k, c in enumerate(CLASSES)
+            if not np.isnan(e.diff[k])
+        },
+        "average": {
+            "auroc_a": n(e.avg[0]),
+            "auroc_b": n(e.avg[1]),
+            "difference": n(e.avg[2]),
+            "ci": [n(e.avg[3]), n(e.avg[4])],
+            "p_bootstrap": n(e.avg_p),
+            "p_holm": n(e.p_holm[-1]),
+        },
+    }
+
+
+def effects_section(
+    arms: list[ArmResult], resample: Callable[[list[str]], Resampling]
+) -> tuple[str, dict[str, list[list]], dict, dict[str, bytes]]:
+    """The cross-arm table and the effect tables: markdown, CSV tables, report.json's part, figures."""
+    table, arm_rows = cross_arm_table(arms)
+    text = [
+        "# Across Arms (mean ± std over seeds)",
+        "An arm is an architecture with a variant of the study's recipe. Mean and sample standard deviation (n-1) "
+        "over each arm's seeds on its test split, and the Avg AUROC of the arm's seed ensemble (the seeds' "
+        "probabilities averaged).",
+        table,
+        "# Variant Effects",
+        "Each difference is A − B between two arms' seed ensembles, on the test images both scored: two variants "
+        "of one architecture, or two architectures under one variant. The 95% interval is the percentile interval "
+        "of the difference over bootstrap resamples drawn once for both arms (paired). The p of a class is DeLong's "
+        "paired test; the average's is the bootstrap's (twice the share of resamples on the far side of zero). "
+        "Holm's adjustment runs over every p of this section.",
+    ]
+    effects, skipped = [], []
+    for kind, within, a, b in effect_pairs(arms):
+        effect = measure_effect(kind, within, a, b, resample)
+        if effect is None:
+            skipped.append(f"- {a.key} and {b.key} share no scored test image: not compared.")
+        else:
+            effects.append(effect)
+    family = adjust(effects)
+    for e in effects:
+        text.append(f"## {e.title} ({e.images:,} test images)")
+        sizes = {len(e.a.ensemble.test.names), len(e.b.ensemble.test.names)}
+        if sizes != {e.images}:
+            text.append(
+                f"- **The arms were tested on different images** ({' and '.join(f'{n:,}' for n in sorted(sizes))}: "
+                "another split protocol or split seed?); compared on the images both scored."
+            )
+        text.append(effect_table(e))
+    text += skipped
+    found = survivors(effects)
+    if effects:
+        verdict = f"these differences survive it: {'; '.join(found)}." if found else "no difference survives it."
+        text.append(
+            f"**Which differences hold.** Holm-Bonferroni over the section's {family} p-values (family-wise error "
+            f"{ALPHA:.0%}): {verdict} Intervals: {effects[0].resampling}."
+        )
+        text.append("![Variant effects: Avg AUROC differences with their 95% intervals](figures/effects.png)")
+    files = {"arms.csv": arm_rows, "effects.csv": [EFFECT_HEADER, *(r for e in effects for r in effect_rows(e))]}
+    structured = {"effects": [effect_json(e) for e in effects], "holm_family": family, "survivors": found}
+    pngs = {}
+    if effects:
+        pngs["effects.png"] = figures.effects_figure(
+            [(e.title, e.avg[2], e.avg[3], e.avg[4], e.diff[~np.isnan(e.diff)]) for e in effects]
+        )
+    return "\n\n".join(text), files, structured, pngs
