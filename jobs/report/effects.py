@@ -305,11 +305,11 @@ def effects_section(
     family = adjust(effects)
     for e in effects:
         text.append(f"## {e.title} ({e.images:,} test images)")
-        sizes = {len(e.a.ensemble.test.names), len(e.b.ensemble.test.names)}
-        if sizes != {e.images}:
+        na, nb = len(e.a.ensemble.test.names), len(e.b.ensemble.test.names)
+        if {na, nb} != {e.images}:
             text.append(
-                f"- **The arms were tested on different images** ({' and '.join(f'{n:,}' for n in sorted(sizes))}: "
-                "another split protocol or split seed?); compared on the images both scored."
+                f"- **The arms were tested on different images** ({e.name_a}: {na:,}, {e.name_b}: {nb:,}, "
+                f"{e.images:,} in common: another split protocol or split seed?); compared on the images both scored."
             )
         text.append(effect_table(e))
     text += skipped

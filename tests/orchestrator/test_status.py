@@ -105,3 +105,46 @@ def test_the_status_line_shows_the_queues_and_the_running_jobs_when_the_broker_c
     assert format_status("st-1", rows, {**running, "running": 0}, "").splitlines()[0] == (
         "study st-1: 2 runs: 2 queued; queues: gpu 3, cpu 1, running 0"
     )
+
+
+def test_a_study_with_variants_shows_each_runs_variant_and_a_line_per_arm(tmp_path):
+    store = LocalStore(tmp_path)
+    spec = parse_study(
+        {
+            "name": "arms",
+            "dataset": "/d",
+            "training": {"epochs": 5},
+            "runs": {"densenet121": [1, 2]},
+            "variants": {"focal": {}, "bce": {"training": {"loss": "bce"}}},
+        }
+    )
+    jobs = expand(spec, "arms-1", "datasets/d/h")
+    write_study(store, spec.spec(), "arms-1", "datasets/d/h", jobs)
+    write_json(store, jobs[0].keys.result, RESULT)
+    write_json(store, jobs[1].keys.result, {**RESULT, "test": {"avg_auroc": 0.8}})
+    write_error(store, jobs[3], "boom", final=True)
+    _, states = study_states(store, "arms-1")
+    lines = format_status("arms-1", rows_of(states), None, "").splitlines()
+    assert lines[:4] == [
+        "study arms-1: 4 runs: 2 succeeded, 1 queued, 1 failed",
+        "  arm densenet121 focal: 2 succeeded; test Avg AUROC 0.7500 (mean of 2)",
+        "  arm densenet121 bce: 1 queued, 1 failed",
+        "Architecture  Variant  Seed  State      Epoch  Val AUROC  Worker  Elapsed",
+    ]
+    assert lines[4].split()[:3] == ["densenet121", "focal", "1"] and lines[7].split()[:4] == [
+        "densenet121",
+        "bce",
+        "2",
+        "failed",
+    ]
+    assert lines[-1] == "  densenet121 bce seed 2: boom"
+    assert [r["variant"] for r in rows_of(states)] == ["focal", "focal", "bce", "bce"]
+    _, plain = study_states(*_plain_study(tmp_path / "plain"))
+    assert "variant" not in rows_of(plain)[0] and "Variant" not in format_status("st-1", rows_of(plain), None, "")
+
+
+def _plain_study(root):
+    store = LocalStore(root)
+    spec = parse_study({"name": "st", "dataset": "/d", "runs": {"densenet121": [1]}})
+    write_study(store, spec.spec(), "st-1", "datasets/d/h", expand(spec, "st-1", "datasets/d/h"))
+    return store, "st-1"

@@ -7,7 +7,7 @@ import json
 import pytest
 from celery.exceptions import Reject, Retry
 
-from jobs.errors import DatasetError, StoreError
+from jobs.errors import CxrStudyError, DatasetError, StoreError
 from jobs.spec.study import expand, parse_study
 from jobs.store import LocalStore
 from jobs.store.records import run_state, write_study
@@ -76,3 +76,64 @@ def test_a_task_started_past_its_attempts_is_final():
     with pytest.raises(tasks.AttemptsExhausted, match="shard train-000001.tar did not finish in 3 attempts"):
         tasks._attempts_left(Settings(max_attempts=3), 4, "shard train-000001.tar")
     tasks._attempts_left(Settings(max_attempts=3), 3, "shard train-000001.tar")  # the third may run
+
+
+class RecordingApp:
+    """An app that records the tasks it is asked to send."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send_task(self, name, kwargs=None, queue=None):
+        self.sent.append((name, kwargs, queue))
+
+
+@pytest.fixture
+def two_datasets(tmp_path):
+    """A study whose two variants differ in CLAHE: each has its own prepared dataset."""
+    store = LocalStore(tmp_path / "store")
+    spec = parse_study(
+        {
+            "name": "arms",
+            "dataset": "/d",
+            "runs": {"densenet121": [1, 2]},
+            "variants": {"clahe": {}, "plain": {"preprocessing": {"clahe": False}}},
+        }
+    )
+    clahe, plain = spec.preprocessings()
+    prefixes = {clahe: "datasets/d/aaa", plain: "datasets/d/bbb"}
+    jobs = expand(spec, "arms-1", prefixes)
+    write_study(store, spec.spec(), "arms-1", jobs[0].data_prefix, jobs, datasets={v: k for k, v in prefixes.items()})
+    settings = Settings(broker_url=f"local://{tmp_path / 'broker'}", store=str(store.root), max_attempts=3)
+    doc = json.loads(store.get_text("studies/arms-1/study.json"))
+    return store, jobs, settings, open_coord(settings.broker_url, store.uri), doc
+
+
+def test_each_dataset_of_a_study_with_variants_enqueues_only_its_own_runs(two_datasets):
+    store, jobs, _, _, doc = two_datasets
+    assert tasks.study_datasets(doc) == {
+        "datasets/d/aaa": doc["spec"]["preprocessing"],
+        "datasets/d/bbb": {**doc["spec"]["preprocessing"], "clahe": False},
+    }
+    app = RecordingApp()
+    tasks._enqueue_runs(app, store, "arms-1", doc, "datasets/d/bbb")
+    plain = [j.job_id for j in jobs if j.variant == "plain"]
+    assert [kwargs["job_id"] for _, kwargs, _ in app.sent] == plain and len(plain) == 2
+    assert tasks._dataset_of(doc, None) == "datasets/d/aaa"  # a message from before variants: the first
+    with pytest.raises(CxrStudyError, match=r"arms-1: datasets/d/ccc is not one of the study's datasets"):
+        tasks._dataset_of(doc, "datasets/d/ccc")
+
+
+def test_a_failed_prepare_fails_only_the_runs_on_its_dataset(two_datasets):
+    store, jobs, settings, coord, doc = two_datasets
+    task = FakeTask(RecordingApp())
+    tasks._retry_or_fail(
+        task, settings, store, coord, doc, "datasets/d/bbb", DatasetError("no images"), 1, "prepare of bbb"
+    )
+    assert [(j.variant, run_state(store, j).state) for j in jobs] == [
+        ("clahe", "queued"),
+        ("clahe", "queued"),
+        ("plain", "failed"),
+        ("plain", "failed"),
+    ]
+    assert task.app.sent == []  # the other dataset's runs have not ended: no aggregate yet
