@@ -209,6 +209,7 @@ def test_demo_learns_on_the_cpu(tmp_path):
     for arch in floors:
         assert f"## {arch}: Seed Spread, Bootstrap Intervals and the Seed Ensemble" in report
     assert "### DenseNet-121 vs EfficientNet-B2 (" in report
+    assert "# Variant Effects" not in report and "# Across Arms" not in report  # a study without variants
     figures = ["roc_curves", "avg_auroc_seeds"]
     figures += [
         f"{arch}_{kind}" for arch in ("densenet121", "efficientnet_b2") for kind in ("seed_spread", "reliability")

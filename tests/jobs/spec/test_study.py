@@ -368,3 +368,23 @@ def test_a_bad_variant_is_a_one_line_error_naming_the_file_and_field(tmp_path, v
         load_study_file(path)
     assert str(err.value).startswith(f"{path}: ") and "\n" not in str(err.value)
     assert __import__("re").search(message, str(err.value)), str(err.value)
+
+
+def test_the_demo_study_keeps_its_study_and_job_ids_without_variants():
+    """Measured at 8dd650f, before variants existed, with the demo's dataset at /demo/data and a fixed
+    prep hash: a study without `variants:` hashes exactly what it did."""
+    import dataclasses
+
+    import yaml
+
+    text = (ROOT / "orchestrator" / "demo-study.yaml").read_text()
+    demo = dataclasses.replace(parse_study(yaml.safe_load(text), "demo-study.yaml"), dataset="/demo/data")
+    sid = study_id(demo, "0123456789abcdef")
+    assert sid == "demo-427a92ab14"
+    assert [j.job_id for j in expand(demo, sid, "datasets/data/0123456789abcdef")] == [
+        "densenet121-s12-c6224930",
+        "densenet121-s22-c04f6e1e",
+        "efficientnet_b2-s12-c64960e8",
+        "efficientnet_b2-s22-a34edd81",
+    ]
+    assert [j.to_json().get("variant", "absent") for j in expand(demo, sid, "datasets/data/x")] == ["absent"] * 4
