@@ -159,7 +159,7 @@ class RunTracker(_Tracked):
 
     def __init__(self, store: Store, job: JobSpec, log: Callable[[str], None], arm: str | None = None):
         super().__init__(store, job.study_id, log, f"run {job.job_id}")
-        self.job, self.arm = job, arm or job.architecture
+        self.job, self.arm = job, arm or job.arm
         self.run_id: str | None = None
 
     def start(self, preprocessing: dict | None = None) -> None:
@@ -193,6 +193,8 @@ class RunTracker(_Tracked):
         self.run_id = run.info.run_id
         write_json(self.store, job.keys.mlflow, {"uri": self.target.uri, "run_id": self.run_id})
         params = {"architecture": job.architecture, "seed": str(job.seed), "data_prefix": job.data_prefix}
+        if job.variant is not None:
+            params["variant"] = job.variant
         params.update(flat_params("training", job.training))
         params.update(flat_params("preprocessing", preprocessing))
         _log_params(client, self.run_id, params)

@@ -111,6 +111,7 @@ def start(store: Store, job: JobSpec, device: torch.device, worker: str | None, 
             "job_id": job.job_id,
             "study_id": job.study_id,
             "architecture": job.architecture,
+            **({"variant": job.variant} if job.variant is not None else {}),
             "seed": job.seed,
             "data": {
                 "prefix": job.data_prefix,

@@ -474,6 +474,7 @@ class Trainer:
             "study_id": job.study_id,
             "job_id": job.job_id,
             "architecture": job.architecture,
+            **({"variant": job.variant} if job.variant is not None else {}),
             "seed": job.seed,
             "best_epoch": best_epoch + 1,
             "epochs_run": self.progress.epoch,

@@ -108,6 +108,10 @@ def test_two_loss_variants_share_one_dataset_and_their_effects_are_the_ensembles
     assert [(j["variant"], j["seed"]) for j in doc["jobs"]] == [("focal", 1), ("focal", 2), ("bce", 1), ("bce", 2)]
     out = capsys.readouterr().out
     assert out.count("is up to date (same dataset and config); skipped") == 1
+    for j in doc["jobs"]:  # each run's records name its variant
+        keys = layout.job_keys(sid, j["job_id"])
+        assert json.loads(store.get_text(keys.result))["variant"] == j["variant"]
+        assert json.loads(store.get_text(keys.provenance))["variant"] == j["variant"]
 
     focal = ensemble_auroc(store, sid, [j for j in doc["jobs"] if j["variant"] == "focal"])
     bce = ensemble_auroc(store, sid, [j for j in doc["jobs"] if j["variant"] == "bce"])
