@@ -86,8 +86,8 @@ def _add_report_commands(sub) -> None:
         nargs=2,
         action="append",
         metavar=("A", "B"),
-        help="a paired DeLong test per class between two scorers: an architecture (its seed ensemble), "
-        "ARCH:SEED (one run) or a baseline's name; repeatable",
+        help="a paired DeLong test per class between two scorers: an architecture or, with variants, an arm "
+        "ARCH@VARIANT (its seed ensemble), ARCH:SEED or ARCH@VARIANT:SEED (one run) or a baseline's name; repeatable",
     )
     p.add_argument("--resamples", type=int, help="bootstrap resamples for the 95%% intervals (default 1000)")
     p.add_argument(

@@ -55,9 +55,12 @@ def manifest_exists(store: Store, data_prefix: str) -> bool:
     return exists(store, data_prefix)
 
 
-def send_prepare(app, sid: str, data_prefix: str) -> None:
-    """Enqueue the prepare of one of the study's datasets (its runs follow once its shards are written)."""
-    app.send_task("cxrstudy.prepare", kwargs={"study_id": sid, "data_prefix": data_prefix}, queue="cpu")
+def send_prepare(app, sid: str, data_prefix: str, first: str) -> None:
+    """Enqueue the prepare of one of the study's datasets (its runs follow once its shards are written).
+    The study's first dataset (``first``, study.json's ``data_prefix``) is not named: the message of a study
+    without variants stays what workers from before variants take."""
+    kwargs = {"study_id": sid} if data_prefix == first else {"study_id": sid, "data_prefix": data_prefix}
+    app.send_task("cxrstudy.prepare", kwargs=kwargs, queue="cpu")
 
 
 def connect(settings: Settings) -> tuple[Store, object]:
@@ -93,7 +96,7 @@ def submit(study: Study, settings: Settings, log: Callable[[str], None] = print)
             enqueue_train(app, sid, pending)
             log(f"study {sid}: shards exist{where}; {len(pending)} of {len(jobs)} runs enqueued on the gpu queue")
         else:
-            send_prepare(app, sid, data_prefix)
+            send_prepare(app, sid, data_prefix, registered.jobs[0].data_prefix)
             log(f"study {sid}: prepare{where} enqueued on the cpu queue; its {len(jobs)} runs follow")
     return sid
 
@@ -348,7 +351,7 @@ def resume(sid: str, settings: Settings) -> str:
         key = prepare_attempts_key(sid, data_prefix)
         coord.attempts(key, -coord.attempts(key, 0))
         coord.unclaim(prepare_claim(sid, data_prefix))  # a fan-in whose worker died before the manifest
-        send_prepare(app, sid, data_prefix)
+        send_prepare(app, sid, data_prefix, doc["data_prefix"])
     if unprepared:
         held = {j.job_id for j in study_jobs(doc) if j.data_prefix in unprepared}
         ready = [j for j in pending if j not in held]

@@ -1,8 +1,8 @@
 """``cxrstudy report``: a study's report again, with external baselines and the comparisons asked for.
 
 Everything is checked before anything is written: every baseline file parses, every scorer named
-in ``--compare`` exists (an architecture, ``architecture:seed``, a baseline). Then the baselines are
-kept with the study (``studies/<id>/baselines/<name>.csv``), the options in
+in ``--compare`` exists (an architecture or arm, ``densenet121@plain``; ``architecture:seed``; a
+baseline). Then the baselines are kept with the study (``studies/<id>/baselines/<name>.csv``), the options in
 ``studies/<id>/report_options.json``, and the aggregate job runs here, so later aggregates (a worker's
 after ``resume``) keep them too.
 """

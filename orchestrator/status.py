@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+from jobs.spec.runs import arm_name
 from jobs.store import Store, layout
 from jobs.store.backends import LocalStore
 from jobs.store.records import RunState, missing_fields, read_aggregate_error, report_covers
@@ -123,8 +124,9 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
 
 
 def run_label(row: dict) -> str:
-    """A row's arm: ``densenet121``, or ``densenet121 plain-focal`` in a study with variants."""
-    return f"{row['architecture']} {row['variant']}" if "variant" in row else row["architecture"]
+    """A row's arm as ``cxrstudy report --compare`` names it: ``densenet121``, or ``densenet121@plain-focal``
+    in a study with variants."""
+    return arm_name(row["architecture"], row.get("variant"))
 
 
 def arm_lines(rows: list[dict]) -> list[str]:

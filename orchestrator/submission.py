@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jobs.data.manifest import plan
+from jobs.data.manifest import plan_all
 from jobs.report.options import keep_baseline, load_options, save_options
 from jobs.scoring.predictions import read_location, read_prediction_csv
 from jobs.spec.configs import PrepConfig
@@ -79,7 +79,7 @@ class Registered:
 def register(study: Study, store: Store, log: Callable[[str], None] = print) -> Registered:
     """Check the study's inputs, then write its baselines and ``study.json``; returns its id and jobs."""
     baselines = read_study_baselines(study)  # a bad baseline file fails here, before anything is written
-    prefixes = {p: plan(study.dataset, p, study.dataset_id, log=log)[1] for p in study.preprocessings()}
+    prefixes = plan_all(study.dataset, study.preprocessings(), study.dataset_id, log=log)
     sid = study_id(study, {p: prep_hash_of(prefix) for p, prefix in prefixes.items()})
     jobs = expand(study, sid, prefixes)
     keep_baselines(store, sid, baselines, log)

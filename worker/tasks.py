@@ -204,12 +204,9 @@ def _plan_and_fan_out(app, settings, store, coord, doc: dict, prefix: str) -> No
         coord.attempts(key, -coord.attempts(key, 0))
     done = fanout.done_shards(store, prefix)
     pending = [name for name in names if name not in done]
+    named = {} if prefix == doc["data_prefix"] else {"data_prefix": prefix}  # as send_prepare: the first unnamed
     for name in pending:
-        app.send_task(
-            "cxrstudy.prepare_shard",
-            kwargs={"study_id": study_id, "shard": name, "data_prefix": prefix},
-            queue="cpu",
-        )
+        app.send_task("cxrstudy.prepare_shard", kwargs={"study_id": study_id, "shard": name, **named}, queue="cpu")
     _log(f"{study_id}: prepare planned {len(names)} shards of {prefix}; {len(pending)} enqueued on the cpu queue")
     if not pending:
         _prepare_fan_in(app, store, coord, doc, prefix)

@@ -64,6 +64,22 @@ def plan(
     return dataset, layout.dataset_prefix(dataset_id or dataset_id_for(dataset_uri), prep_hash(dataset, config))
 
 
+def plan_all(
+    dataset_uri: str, configs: list[PrepConfig], dataset_id: str | None = None, log: Callable[[str], None] = print
+) -> dict[PrepConfig, str]:
+    """Each config's store prefix (a study's variants), reading the dataset once per distinct split: configs
+    that differ only in how the images are processed (CLAHE, size, shards) share one read and listing."""
+    read: dict[tuple, NihDataset] = {}
+    prefixes = {}
+    for config in configs:
+        split = (config.split, config.val_fraction, config.split_seed, config.split_fractions)
+        if split not in read:
+            read[split] = plan(dataset_uri, config, dataset_id, log)[0]
+        name = dataset_id or dataset_id_for(dataset_uri)
+        prefixes[config] = layout.dataset_prefix(name, prep_hash(read[split], config))
+    return prefixes
+
+
 def split_summary(records: list[Record]) -> dict:
     """Images, patients, positives and prevalence per class of one split."""
     labels = np.array([r.labels for r in records], dtype=np.int64).reshape(-1, len(CLASSES))

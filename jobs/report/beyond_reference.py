@@ -37,8 +37,8 @@ def beyond_reference(
 ) -> tuple[str, dict[str, list[list]], dict[str, bytes]]:
     """The report after the reference's sections: per architecture (or arm) the seed spread, bootstrap
     intervals, the seed ensemble and the validation-chosen seed; DeLong tests between the architectures,
-    or, in a study with variants (``arms``: each arm's architecture, variant and seeds' test metrics), the
-    cross-arm table and the variant effects; baselines; figures.
+    or, in a study with variants (``arms``: each arm with a finished run, its architecture, variant and
+    seeds' test metrics), the cross-arm table and the variant effects; baselines; figures.
     Returns the markdown, CSV tables (name -> rows) and PNG figures (name -> bytes); fills ``structured``."""
     started = time.monotonic()
     text = [
@@ -59,7 +59,8 @@ def beyond_reference(
     )
     ensembles = [r.ensemble for _, r in results]
     if arms:
-        arm_results = [effects.ArmResult(key, *arms[key][:2], arms[key][2], r.ensemble) for key, r in results]
+        ensemble_of = {key: r.ensemble for key, r in results}
+        arm_results = [effects.ArmResult(key, a, v, done, ensemble_of.get(key)) for key, (a, v, done) in arms.items()]
         section, tables, structured["variants"], effect_pngs = effects.effects_section(arm_results, bootstrap)
         text.append(section)
         files.update(tables)

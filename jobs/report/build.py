@@ -10,7 +10,7 @@
     <arch>_best_seed.csv          Class, Best Seed, Highest AUROC
     <arch>_ensemble.csv           per class: seeds' mean and std, the seed ensemble's AUROC, CI and F1
     <arch>_bootstrap_ci.csv       per seed and class: AUROC and its bootstrap 95% interval
-    architectures.csv             mean and std over seeds per architecture
+    architectures.csv             mean and std over seeds per architecture (no variants)
     delong.csv                    paired DeLong tests between the architectures' seed ensembles (no variants)
     arms.csv, effects.csv         with variants: mean and std per arm, and the variant effects
                                   (:mod:`jobs.report.effects`)
@@ -357,7 +357,8 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
     for s in states:  # by arm: the architecture, with its variant in a study with variants
         groups.setdefault(s.job.arm, []).append(s)
     preps = {arm: prepared_config(store, members[0].job.data_prefix) for arm, members in groups.items()}
-    show_size = len({p.get("image_size") for p in preps.values()}) > 1
+    show_size = len({p["image_size"] for p in preps.values() if "image_size" in p}) > 1
+    variants = any(s.job.variant is not None for s in states)
 
     cross, beyond_inputs, arms = [], [], {}
     for arm, members in groups.items():
@@ -377,16 +378,16 @@ def build(study_id: str, store: Store, log: Callable[[str], None] = print, optio
         report.files.update(files)
         if predictions is not None:
             beyond_inputs.append((arm, predictions))
-            if job.variant is not None:
-                arms[arm] = (job.architecture, job.variant, done)
-    if cross and not arms:  # with variants, the cross-arm table (with each ensemble) is in the effects section
+        if variants:
+            arms[arm] = (job.architecture, job.variant, done)
+    if not cross:
+        report.sections.insert(0, f"# Study {study_id}\n\nNo run has finished yet.")
+    elif not (variants and beyond_inputs):  # with variants, the effects section has the cross-arm table
         report.sections.append(cross_architecture_section(cross))
         report.files["architectures.csv"] = architectures_csv(cross)
-    else:
-        report.sections.insert(0, f"# Study {study_id}\n\nNo run has finished yet.")
     if beyond_inputs:
         text, tables, report.pngs = beyond_reference.beyond_reference(
-            study_id, store, beyond_inputs, options, report.structured, log, arms
+            study_id, store, beyond_inputs, options, report.structured, log, arms if variants else None
         )
         report.sections.append(text)
         report.files.update({name: csv_text(rows) for name, rows in tables.items()})

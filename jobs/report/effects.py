@@ -8,13 +8,15 @@ An *arm* is an architecture with a variant. This part of the report has
   a variant: per class and on average, the difference of the two seed ensembles' AUROC (A - B), its
   95% bootstrap interval (both arms scored on the same resamples: the study's bootstrap of the test
   images both scored, by patient unless the options say image), the paired DeLong p (per class; the
-  average's p is the bootstrap's, two-sided) and the Holm-adjusted p;
+  average's p is a two-sided Wald test with the bootstrap's standard error) and the Holm-adjusted p;
 - a sentence naming the differences that survive Holm's adjustment, over every p of the section;
 - a figure of the effects with their intervals.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,13 +37,14 @@ ALPHA = 0.05  # family-wise error of the section
 
 @dataclass
 class ArmResult:
-    """One arm's seeds (their test metrics) and seed ensemble."""
+    """One arm's finished seeds (their test metrics) and seed ensemble (None: its runs' predictions
+    files are missing, so it is in the cross-arm table but in no effect)."""
 
     key: str  # densenet121@plain-focal
     architecture: str
     variant: str
     runs: list[SeedRun]
-    ensemble: Ensemble
+    ensemble: Ensemble | None
 
 
 @dataclass
@@ -60,7 +63,7 @@ class Effect:
     high: np.ndarray
     p: np.ndarray  # DeLong, per class
     avg: tuple[float, float, float, float, float]  # Avg AUROC of A, of B, the difference, its interval
-    avg_p: float  # two-sided bootstrap p of the average difference
+    avg_p: float  # two-sided Wald p of the average difference, with the bootstrap's standard error
     p_holm: np.ndarray | None = None  # per class, then the average: filled over the whole section
     resampling: str = ""
 
@@ -77,6 +80,12 @@ class Effect:
         within = display_name(self.within) if self.kind == "variant" else f"variant {self.within}"
         return f"{within}: {self.name_a} − {self.name_b}"
 
+    @property
+    def seeds(self) -> str:
+        """How many seeds each ensemble averages ("3 seeds each", "3 and 2 seeds")."""
+        a, b = len(self.a.runs), len(self.b.runs)
+        return f"{a} seed{'s' if a != 1 else ''} each" if a == b else f"{a} and {b} seeds"
+
 
 def effect_pairs(arms: list[ArmResult]) -> list[tuple[str, str, ArmResult, ArmResult]]:
     """Every two variants of an architecture, then every two architectures of a variant (in file order)."""
@@ -88,20 +97,26 @@ def effect_pairs(arms: list[ArmResult]) -> list[tuple[str, str, ArmResult, ArmRe
     return pairs
 
 
-def bootstrap_p(differences: np.ndarray) -> float:
-    """Two-sided p of "no difference" from a bootstrap sample of the difference: twice the smaller share
-    of resamples on either side of zero, each counted with the observed one (never 0)."""
-    d = differences[~np.isnan(differences)]
-    if not len(d):
+def wald_p(difference: float, resampled: np.ndarray) -> float:
+    """Two-sided p of "no difference": ``difference`` over the standard deviation of its bootstrap
+    resamples, against the normal distribution. Unlike a share of resamples past zero, it is not
+    floored at 2/(resamples+1), so an average difference far beyond its noise survives Holm's
+    adjustment over many tests. NaN when fewer than two resamples are defined."""
+    d = resampled[~np.isnan(resampled)]
+    if len(d) < 2 or difference != difference:
         return float("nan")
-    side = min(int((d <= 0).sum()), int((d >= 0).sum()))
-    return min(1.0, 2 * (side + 1) / (len(d) + 1))
+    se = float(np.std(d, ddof=1))
+    if se == 0:
+        return 1.0 if difference == 0 else 0.0
+    return math.erfc(abs(difference) / se / math.sqrt(2))
 
 
 def measure_effect(
     kind: str, within: str, a: ArmResult, b: ArmResult, resample: Callable[[list[str]], Resampling]
 ) -> Effect | None:
-    """The effect A - B on the images both scored; None when they share no test image."""
+    """The effect A - B on the images both scored; None when they share no test image. The average is
+    over every class with both labels among those images (the report's Avg AUROC), the classes too rare
+    for DeLong's test included."""
     pa, pb = on_common_images(a.ensemble.test, b.ensemble.test)
     if not pa.names:
         return None
@@ -117,7 +132,9 @@ def measure_effect(
         _, _, p[k] = delong_test(y, pa.probs[:, k], pb.probs[:, k])
         diff[k] = auc_a[k] - auc_b[k]
     compared = ~np.isnan(diff)
-    low, high = percentile_interval(boot_a - boot_b)
+    with warnings.catch_warnings():  # a class without positives has no resample: NaN, said in the table
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = percentile_interval(boot_a - boot_b)
     avg_a, avg_b = nanmean(auc_a), nanmean(auc_b)
     avg_boot = row_nanmean(boot_a) - row_nanmean(boot_b)
     return Effect(
@@ -133,7 +150,7 @@ def measure_effect(
         np.where(compared, high, np.nan),
         p,
         (avg_a, avg_b, avg_a - avg_b, *interval(avg_boot)),
-        bootstrap_p(avg_boot),
+        wald_p(avg_a - avg_b, avg_boot),
         resampling=resampling.describe(),
     )
 
@@ -162,13 +179,17 @@ def _p(x: float) -> str:
     return "n/a" if x != x else f"{x:.4g}"
 
 
+def _interval(low: float, high: float) -> str:
+    return "n/a" if low != low or high != high else f"{low:+.4f} to {high:+.4f}"
+
+
 def effect_table(e: Effect) -> str:
     rows = []
     for k, c in enumerate(CLASSES):
         if np.isnan(e.diff[k]):
             rows.append([c, "n/a", "n/a", "n/a", "not compared (fewer than 2 positives or negatives)", "", ""])
             continue
-        ci = f"{e.low[k]:+.4f} to {e.high[k]:+.4f}"
+        ci = _interval(e.low[k], e.high[k])
         rows.append([c, fmt(e.auroc_a[k]), fmt(e.auroc_b[k]), _signed(e.diff[k]), ci, _p(e.p[k]), _p(e.p_holm[k])])
     avg_a, avg_b, d, lo, hi = e.avg
     rows.append(
@@ -177,8 +198,8 @@ def effect_table(e: Effect) -> str:
             fmt(avg_a),
             fmt(avg_b),
             f"**{_signed(d)}**",
-            f"{lo:+.4f} to {hi:+.4f}",
-            f"{_p(e.avg_p)} (bootstrap)",
+            _interval(lo, hi),
+            f"{_p(e.avg_p)} (bootstrap SE)",
             _p(e.p_holm[-1]),
         ]
     )
@@ -199,11 +220,12 @@ def survivors(effects: list[Effect]) -> list[str]:
 
 
 def cross_arm_table(arms: list[ArmResult]) -> tuple[str, list[list]]:
-    """Markdown and CSV rows: per arm, mean ± std over seeds and the seed ensemble's Avg AUROC."""
+    """Markdown and CSV rows: per arm, mean ± std over seeds and the seed ensemble's Avg AUROC (n/a
+    without predictions)."""
     rows, csv_rows = [], [["Arm", "Architecture", "Variant", "Seeds", *CROSS_COLUMNS, "Ensemble Avg AUROC"]]
     for a in arms:
         values = [[getattr(r, f) for r in a.runs] for f in ("loss", "avg_auroc", "avg_f1")]
-        ens = nanmean(a.ensemble.auroc)
+        ens = nanmean(a.ensemble.auroc) if a.ensemble is not None else float("nan")
         rows.append(
             [display_name(a.architecture), a.variant, str(len(a.runs)), *(mean_std(v) for v in values), fmt(ens)]
         )
@@ -242,7 +264,7 @@ def effect_rows(e: Effect) -> list[list]:
     avg_a, avg_b, d, lo, hi = e.avg
     return rows + [
         [e.kind, e.within, e.a.key, e.b.key, "Average", e.images, avg_a, avg_b, d, lo, hi]
-        + [e.avg_p, "bootstrap", e.p_holm[-1]]
+        + [e.avg_p, "bootstrap-se", e.p_holm[-1]]
     ]
 
 
@@ -271,7 +293,7 @@ def effect_json(e: Effect) -> dict:
             "auroc_b": n(e.avg[1]),
             "difference": n(e.avg[2]),
             "ci": [n(e.avg[3]), n(e.avg[4])],
-            "p_bootstrap": n(e.avg_p),
+            "p_bootstrap_se": n(e.avg_p),
             "p_holm": n(e.p_holm[-1]),
         },
     }
@@ -292,11 +314,22 @@ def effects_section(
         "Each difference is A − B between two arms' seed ensembles, on the test images both scored: two variants "
         "of one architecture, or two architectures under one variant. The 95% interval is the percentile interval "
         "of the difference over bootstrap resamples drawn once for both arms (paired). The p of a class is DeLong's "
-        "paired test; the average's is the bootstrap's (twice the share of resamples on the far side of zero). "
-        "Holm's adjustment runs over every p of this section.",
+        "paired test; the average's (over every class with both labels, as the Avg AUROC elsewhere in the report) "
+        "is a Wald test with the bootstrap's standard error. Holm's adjustment runs over every p of this section. "
+        "Both treat each arm's trained models as fixed: they say whether the two ensembles differ on these test "
+        "patients, not how a new draw of seeds would differ (the seed spread above says that).",
     ]
-    effects, skipped = [], []
-    for kind, within, a, b in effect_pairs(arms):
+    compared = [a for a in arms if a.ensemble is not None]
+    skipped = [
+        f"- {display_name(a.key)}: its runs' predictions files are missing (written by an older cxrstudy?); in the "
+        "table above, in no effect."
+        for a in arms
+        if a.ensemble is None
+    ]
+    if len(compared) < 2:
+        skipped.append("- Fewer than two arms have predictions: there is no effect to compute.")
+    effects = []
+    for kind, within, a, b in effect_pairs(compared):
         effect = measure_effect(kind, within, a, b, resample)
         if effect is None:
             skipped.append(f"- {a.key} and {b.key} share no scored test image: not compared.")
@@ -304,7 +337,7 @@ def effects_section(
             effects.append(effect)
     family = adjust(effects)
     for e in effects:
-        text.append(f"## {e.title} ({e.images:,} test images)")
+        text.append(f"## {e.title} ({e.images:,} test images; ensembles of {e.seeds})")
         na, nb = len(e.a.ensemble.test.names), len(e.b.ensemble.test.names)
         if {na, nb} != {e.images}:
             text.append(

@@ -238,8 +238,10 @@ def _variants(entry, prep: PrepConfig, groups: list[RunGroup]) -> tuple[Variant,
         )
     variants, seen = [], {}
     for name, overrides in entry.items():
-        if not isinstance(name, str) or not name.strip():
+        if name is None or (isinstance(name, str) and not name.strip()):
             raise ValueError(f"variants: a variant has an empty name ({name!r}); name it, e.g. plain-focal")
+        if not isinstance(name, str):
+            raise ValueError(f"variants: a variant's name must be text, not {name!r}; quote it, e.g. '{name}'")
         path = f"variants.{name}"
         check_name(name, path)
         overrides = {} if overrides is None else overrides
@@ -256,7 +258,9 @@ def _variants(entry, prep: PrepConfig, groups: list[RunGroup]) -> tuple[Variant,
             build(PrepConfig, overrides.get("preprocessing"), f"{path}.preprocessing", prep),
             tuple(build(TrainConfig, overrides.get("training"), f"{path}.training", g.training) for g in groups),
         )
-        resolved_config = digest([asdict(resolved.preprocessing), [asdict(t) for t in resolved.training]])
+        # What decides the runs: the prepared data (its hash's fields: clip_limit is moot without CLAHE) and
+        # each architecture's training.
+        resolved_config = digest([resolved.preprocessing.hashed(), [asdict(t) for t in resolved.training]])
         same = seen.setdefault(resolved_config, name)
         if same != name:
             raise ValueError(

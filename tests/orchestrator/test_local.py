@@ -132,10 +132,11 @@ def test_two_loss_variants_share_one_dataset_and_their_effects_are_the_ensembles
         assert 0 < row["p"] <= row["p Holm"] <= 1
     average = rows["Average"]
     assert average["Difference"] == pytest.approx(np.nanmean(focal) - np.nanmean(bce), abs=1e-12)
-    assert average["p method"] == "bootstrap"
+    assert average["p method"] == "bootstrap-se"
 
     report = store.get_text(layout.report_markdown_key(sid))
     assert "# Cross-Architecture Comparison" not in report and "# Across Arms (mean ± std over seeds)" in report
+    assert "No run has finished yet" not in report and report.count("# Across Arms") == 1
     for variant, loss in (("focal", "Focal Loss"), ("bce", "BCE Loss")):
         assert f"# test_resnet (CLAHE) with {loss} [variant {variant}] — Random Seed Impact" in report
     assert "## test_resnet: focal − bce (" in report and "**Which differences hold.** Holm-Bonferroni over" in report
@@ -168,6 +169,7 @@ def test_two_clahe_variants_prepare_two_datasets_and_the_report_compares_the_arm
     assert "# test_resnet (CLAHE) with Focal Loss [variant clahe] — Random Seed Impact" in report
     assert "# test_resnet with Focal Loss [variant plain] — Random Seed Impact" in report
     assert "# Variant Effects" in report and "## test_resnet: clahe − plain (" in report
+    assert "No run has finished yet" not in report
     effects = report_csv(store, sid, "effects.csv")
     assert {(r["A"], r["B"]) for r in effects} == {("test_resnet@clahe", "test_resnet@plain")}
     assert effects[-1]["Class"] == "Average"

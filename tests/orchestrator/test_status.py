@@ -127,8 +127,8 @@ def test_a_study_with_variants_shows_each_runs_variant_and_a_line_per_arm(tmp_pa
     lines = format_status("arms-1", rows_of(states), None, "").splitlines()
     assert lines[:4] == [
         "study arms-1: 4 runs: 2 succeeded, 1 queued, 1 failed",
-        "  arm densenet121 focal: 2 succeeded; test Avg AUROC 0.7500 (mean of 2)",
-        "  arm densenet121 bce: 1 queued, 1 failed",
+        "  arm densenet121@focal: 2 succeeded; test Avg AUROC 0.7500 (mean of 2)",
+        "  arm densenet121@bce: 1 queued, 1 failed",
         "Architecture  Variant  Seed  State      Epoch  Val AUROC  Worker  Elapsed",
     ]
     assert lines[4].split()[:3] == ["densenet121", "focal", "1"] and lines[7].split()[:4] == [
@@ -137,7 +137,7 @@ def test_a_study_with_variants_shows_each_runs_variant_and_a_line_per_arm(tmp_pa
         "2",
         "failed",
     ]
-    assert lines[-1] == "  densenet121 bce seed 2: boom"
+    assert lines[-1] == "  densenet121@bce seed 2: boom"
     assert [r["variant"] for r in rows_of(states)] == ["focal", "focal", "bce", "bce"]
     _, plain = study_states(*_plain_study(tmp_path / "plain"))
     assert "variant" not in rows_of(plain)[0] and "Variant" not in format_status("st-1", rows_of(plain), None, "")

@@ -356,3 +356,36 @@ def test_prepare_fans_out_over_two_cpu_workers_survives_a_kill_and_matches_the_s
     assert cluster.wait_for(lambda: cluster.redis.llen("gpu") == 1, timeout=30, what="the run enqueued")
     time.sleep(3)  # a late copy of a shard task enqueues nothing more
     assert cluster.redis.llen("gpu") == 1 and cluster.redis.llen("cpu") == 0
+
+
+def test_variants_that_differ_in_clahe_prepare_two_datasets_on_the_workers_and_report_both_arms(cluster, synthetic):
+    study = cluster.tmp / "arms.yaml"
+    study.write_text(
+        f"name: arms\ndataset: {synthetic}\npreprocessing: {{image_size: 32, shard_size: 100}}\n"
+        "training: {epochs: 1, batch_size: 16, lr: 3.0e-3, warmup_epochs: 0.2, patience: 0}\n"
+        "runs: {test_resnet: [1, 2]}\n"
+        "variants: {clahe: {}, plain: {preprocessing: {clahe: false}}}\n"
+    )
+    cluster.start_worker("a")
+    proc = cluster.cli("submit", study)
+    assert proc.returncode == 0, proc.stderr
+    sid = proc.stdout.strip().splitlines()[-1]
+    assert proc.stdout.count("enqueued on the cpu queue; its 2 runs follow") == 2  # one prepare per dataset
+    cluster.wait_for(lambda: cluster.report_done(sid), what="the report")
+    store = cluster.store()
+    doc = json.loads(store.get_text(f"studies/{sid}/study.json"))
+    assert len(doc["datasets"]) == 2
+    for prefix in doc["datasets"]:
+        assert store.exists(f"{prefix}/manifest.json")
+        assert f"{sid}: shards of {prefix} ready; 2 train jobs enqueued" in cluster.log("a")
+    status = cluster.status(sid)
+    assert [(r["variant"], r["state"]) for r in status["runs"]] == [
+        ("clahe", "succeeded"),
+        ("clahe", "succeeded"),
+        ("plain", "succeeded"),
+        ("plain", "succeeded"),
+    ]
+    report = store.get_text(f"studies/{sid}/report/report.md")
+    assert "[variant clahe]" in report and "[variant plain]" in report and "## test_resnet: clahe − plain (" in report
+    text = cluster.cli("status", sid).stdout
+    assert "  arm test_resnet@clahe: 2 succeeded; test Avg AUROC " in text

@@ -158,3 +158,52 @@ def test_titles_say_clahe_only_when_it_was_on_and_name_the_split_protocol(study)
     title, intro = architecture_title("densenet121", states, plain)
     assert title == "DenseNet-121 with Focal Loss — Random Seed Impact" and "CLAHE" not in intro
     assert "a patient-wise random split of NIH's images (70% / 10% / 20%), the CheXNet reimplementations'" in intro
+
+
+def test_a_study_with_variants_reports_every_arm_and_compares_those_with_predictions(tmp_path):
+    """Four arms: two with predictions (compared), one whose runs have none (in the cross-arm table with
+    its ensemble n/a, in no effect), one whose runs have not finished (left out, like a study's runs)."""
+    store = LocalStore(tmp_path)
+    variants = {
+        "a": {},
+        "b": {"training": {"loss": "bce"}},
+        "c": {"training": {"lr": 1e-3}},
+        "d": {"training": {"lr": 2e-3}},
+    }
+    spec = parse_study({"name": "v", "dataset": "/d", "runs": {"densenet121": [1, 2]}, "variants": variants})
+    jobs = expand(spec, "v-1", "datasets/d/x")
+    write_study(store, spec.spec(), "v-1", "datasets/d/x", jobs, datasets={"datasets/d/x": spec.preprocessing})
+    rng = np.random.default_rng(1)
+    labels = {split: (rng.random((n, 14)) < 0.3).astype(np.uint8) for split, n in (("test", 60), ("val", 40))}
+    for job in jobs:
+        if job.variant == "d":
+            continue
+        result = {"status": "succeeded", "seed": job.seed, "best_epoch": 1, "epochs_run": 1}
+        for split, y in labels.items():
+            names = [f"{split}{i:04d}.png" for i in range(len(y))]
+            if job.variant != "c":
+                probs = rng.random(y.shape) + (0.5 * y if job.variant == "a" else 0.0)
+                store.put_text(job.keys.predictions(split), predictions_csv(names, probs / 1.5, y, range(len(y))))
+            scores = {"images": len(y), "loss": 0.1, "avg_auroc": 0.5, "avg_f1": 0.3}
+            result[split] = {**scores, "auroc": dict.fromkeys(CLASSES, 0.5), "f1": dict.fromkeys(CLASSES, 0.3)}
+        store.put_text(job.keys.result, json.dumps(result))
+    build("v-1", store, log=quiet, options=OPTIONS)
+    md = store.get_text(layout.report_markdown_key("v-1"))
+    assert "No run has finished yet" not in md and "# Cross-Architecture Comparison" not in md
+    for variant, loss in (("a", "Focal Loss"), ("b", "BCE Loss"), ("c", "Focal Loss")):
+        assert f"# DenseNet-121 (CLAHE) with {loss} [variant {variant}] — Random Seed Impact" in md
+    assert "[variant d]" not in md and "2 of 8 runs have no test result" in md
+    across = md[md.index("# Across Arms") : md.index("# Variant Effects")]
+    rows = [line.split("|")[1:-1] for line in across.splitlines() if line.startswith("| DenseNet-121")]
+    assert [(r[1].strip(), r[2].strip(), r[-1].strip()) for r in rows][2] == ("c", "2", "n/a")
+    assert [r[1].strip() for r in rows] == ["a", "b", "c"]
+    arms = store.get_text(layout.report_key("v-1", "arms.csv")).splitlines()
+    assert [line.split(",")[0] for line in arms[1:]] == ["densenet121@a", "densenet121@b", "densenet121@c"]
+    assert arms[3].split(",")[-1] == "nan"  # c: no ensemble
+    assert "- DenseNet-121 (c): its runs' predictions files are missing" in md
+    effects = store.get_text(layout.report_key("v-1", "effects.csv")).splitlines()
+    assert {tuple(line.split(",")[2:4]) for line in effects[1:]} == {("densenet121@a", "densenet121@b")}
+    assert "## DenseNet-121: a − b (60 test images; ensembles of 2 seeds each)" in md
+    report = json.loads(store.get_text(layout.report_json_key("v-1")))
+    assert [r.get("variant") for r in report["runs"]] == ["a", "a", "b", "b", "c", "c", "d", "d"]
+    assert report["variants"]["effects"][0]["a"] == "densenet121@a"

@@ -337,6 +337,7 @@ def test_variants_cross_the_runs_into_arms_with_their_resolved_configs(tmp_path)
     [
         ('{"": {}, b: {}}', r"variants: a variant has an empty name \(''\); name it"),
         ("{~: {}}", r"variants: a variant has an empty name \(None\)"),
+        ("{1: {}}", r"variants: a variant's name must be text, not 1; quote it, e.g. '1'"),
         ("{a/b: {}}", r"variants\.a/b: use letters, digits"),
         (
             "{a: {preprocesing: {clahe: false}}}",
@@ -349,6 +350,10 @@ def test_variants_cross_the_runs_into_arms_with_their_resolved_configs(tmp_path)
         ("[a, b]", r"variants: must map each variant's name to its overrides"),
         (
             "{a: {}, b: {training: {epochs: 2}}}",
+            r"variants\.b: resolves to the same preprocessing and training as variants\.a",
+        ),
+        (  # tile_grid is moot without CLAHE: the same prepared data
+            "{a: {preprocessing: {clahe: false}}, b: {preprocessing: {clahe: false, tile_grid: 4}}}",
             r"variants\.b: resolves to the same preprocessing and training as variants\.a",
         ),
         (
