@@ -137,3 +137,15 @@ def test_a_failed_prepare_fails_only_the_runs_on_its_dataset(two_datasets):
         ("plain", "failed"),
     ]
     assert task.app.sent == []  # the other dataset's runs have not ended: no aggregate yet
+
+
+def test_a_prepare_message_names_a_dataset_only_when_it_is_not_the_studys_first():
+    from orchestrator.distributed import send_prepare
+
+    app = RecordingApp()
+    send_prepare(app, "arms-1", "datasets/d/aaa", "datasets/d/aaa")  # what workers from before variants take
+    send_prepare(app, "arms-1", "datasets/d/bbb", "datasets/d/aaa")
+    assert app.sent == [
+        ("cxrstudy.prepare", {"study_id": "arms-1"}, "cpu"),
+        ("cxrstudy.prepare", {"study_id": "arms-1", "data_prefix": "datasets/d/bbb"}, "cpu"),
+    ]

@@ -65,3 +65,16 @@ def test_a_damaged_manifest_names_its_key(tmp_path, text):
 )
 def test_a_dataset_id_from_the_location_is_never_a_step_out_of_datasets(uri, expected):
     assert manifest.dataset_id_for(uri) == expected
+
+
+def test_plan_all_reads_the_dataset_once_per_split_setting_and_gives_each_config_plans_prefix(synthetic):
+    from dataclasses import replace
+
+    plain, small = replace(TINY_PREP, clahe=False), replace(TINY_PREP, image_size=32)
+    other_split = replace(TINY_PREP, split_seed=7)
+    logged = []
+    prefixes = manifest.plan_all(str(synthetic), [TINY_PREP, plain, small, other_split], log=logged.append)
+    assert sum(" images found under " in m for m in logged) == 2  # the three that share a split share a read
+    for config in (TINY_PREP, plain, small, other_split):
+        assert prefixes[config] == manifest.plan(str(synthetic), config, log=lambda m: None)[1]
+    assert len(set(prefixes.values())) == 4
