@@ -36,7 +36,7 @@ from jobs.store.records import (
     utc_timestamp,
 )
 from jobs.store.snapshot import Snapshot
-from orchestrator.status import cache_file, render_status, report_state, rows_of, run_label
+from orchestrator.status import cache_file, render_status, report_state, rows_of, run_label, state_counts
 from orchestrator.submission import register
 from worker.coord import open_coord
 from worker.settings import Settings
@@ -384,15 +384,10 @@ def list_studies(settings: Settings) -> str:
         except DamagedArtifact as exc:  # one damaged study.json hides no other study
             lines.append(f"{sid}  [damaged] {exc}")
             continue
-        counts = {}
-        for s in states:
-            counts[s.state] = counts.get(s.state, 0) + 1
         report = {"ready": "report", "stale": "report (out of date)", "failed": "report failed"}.get(
             report_state(view, sid, states)[0], ""
         )
-        lines.append(
-            f"{sid}  {doc['submitted']}  {', '.join(f'{n} {k}' for k, n in counts.items())}  {report}".rstrip()
-        )
+        lines.append(f"{sid}  {doc['submitted']}  {state_counts(s.state for s in states)}  {report}".rstrip())
     return "\n".join(lines)
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from jobs.spec.runs import arm_name
@@ -110,10 +112,7 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table]
-    counts = {}
-    for r in rows:
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    summary = ", ".join(f"{n} {state}" for state, n in counts.items())
+    summary = state_counts(r["state"] for r in rows)
     queue = f"; queues: gpu {depths['gpu']}, cpu {depths['cpu']}" if depths else ""
     if depths and "running" in depths:  # held leases: the jobs KEDA counts with the queued ones
         queue += f", running {depths['running']}"
@@ -121,6 +120,11 @@ def format_status(sid: str, rows: list[dict], depths: dict[str, int] | None, rep
     errors = [f"  {run_label(r)} seed {r['seed']}: {r['error']}" for r in rows if r.get("error")]
     arms = arm_lines(rows) if variants else []
     return "\n".join([f"study {sid}: {len(rows)} runs: {summary}{queue}{done}", *arms, *lines, *errors])
+
+
+def state_counts(states: Iterable[str]) -> str:
+    """``2 succeeded, 1 running``: how many runs are in each state, in the order first seen."""
+    return ", ".join(f"{n} {state}" for state, n in Counter(states).items())
 
 
 def run_label(row: dict) -> str:
@@ -136,12 +140,9 @@ def arm_lines(rows: list[dict]) -> list[str]:
         arms.setdefault(run_label(r), []).append(r)
     lines = []
     for arm, members in arms.items():
-        counts: dict[str, int] = {}
-        for r in members:
-            counts[r["state"]] = counts.get(r["state"], 0) + 1
         tested = [r["test_auroc"] for r in members if r.get("test_auroc") is not None]
         mean = f"; test Avg AUROC {sum(tested) / len(tested):.4f} (mean of {len(tested)})" if tested else ""
-        lines.append(f"  arm {arm}: {', '.join(f'{n} {state}' for state, n in counts.items())}{mean}")
+        lines.append(f"  arm {arm}: {state_counts(r['state'] for r in members)}{mean}")
     return lines
 
 

@@ -46,11 +46,13 @@ from jobs.report import beyond_reference
 from jobs.report.compute import compute_section
 from jobs.report.options import ReportOptions, load_options
 from jobs.report.reference import (
+    MEAN_STD_COLUMNS,
     SeedRun,
     architecture_section,
     best_seeds,
     cross_architecture_section,
     has_calibration,
+    mean_std_numbers,
 )
 from jobs.report.seeds import RunPredictions
 from jobs.report.tables import LOSS_NAMES, csv_text, display_name, markdown_table
@@ -222,20 +224,8 @@ def seed_tables(arch: str, done: list[SeedRun]) -> tuple[dict[str, str], dict]:
 
 
 def architectures_csv(cross: list[tuple[str, list[SeedRun]]]) -> str:
-    header = [
-        "Architecture",
-        "Seeds",
-        "Loss mean",
-        "Loss std",
-        "Avg AUROC mean",
-        "Avg AUROC std",
-        "Avg F1 mean",
-        "Avg F1 std",
-    ]
-    rows = [header]
-    for name, done in cross:
-        cols = [np.array([getattr(r, f) for r in done]) for f in ("loss", "avg_auroc", "avg_f1")]
-        rows.append([name, len(done), *(v for c in cols for v in (c.mean(), c.std(ddof=1) if len(c) > 1 else ""))])
+    rows = [["Architecture", "Seeds", *MEAN_STD_COLUMNS]]
+    rows += [[name, len(done), *mean_std_numbers(done)] for name, done in cross]
     return csv_text(rows)
 
 

@@ -25,9 +25,9 @@ import numpy as np
 from jobs.data.labels import CLASSES
 from jobs.report import figures
 from jobs.report.comparison import on_common_images
-from jobs.report.reference import SeedRun
+from jobs.report.reference import MEAN_STD_COLUMNS, SeedRun, mean_std_cells, mean_std_numbers
 from jobs.report.seeds import Ensemble
-from jobs.report.tables import display_name, fmt, markdown_table, mean_std
+from jobs.report.tables import display_name, fmt, markdown_table
 from jobs.scoring.bootstrap import Resampling, auroc_and_bootstrap, interval, percentile_interval, row_nanmean
 from jobs.scoring.delong import delong_test, holm
 from jobs.scoring.metrics import json_number, nanmean
@@ -222,20 +222,15 @@ def survivors(effects: list[Effect]) -> list[str]:
 def cross_arm_table(arms: list[ArmResult]) -> tuple[str, list[list]]:
     """Markdown and CSV rows: per arm, mean ± std over seeds and the seed ensemble's Avg AUROC (n/a
     without predictions)."""
-    rows, csv_rows = [], [["Arm", "Architecture", "Variant", "Seeds", *CROSS_COLUMNS, "Ensemble Avg AUROC"]]
+    rows, csv_rows = [], [["Arm", "Architecture", "Variant", "Seeds", *MEAN_STD_COLUMNS, "Ensemble Avg AUROC"]]
     for a in arms:
-        values = [[getattr(r, f) for r in a.runs] for f in ("loss", "avg_auroc", "avg_f1")]
         ens = nanmean(a.ensemble.auroc) if a.ensemble is not None else float("nan")
-        rows.append(
-            [display_name(a.architecture), a.variant, str(len(a.runs)), *(mean_std(v) for v in values), fmt(ens)]
-        )
-        stats = [x for v in values for x in (np.mean(v), np.std(v, ddof=1) if len(v) > 1 else "")]
-        csv_rows.append([a.key, a.architecture, a.variant, len(a.runs), *stats, ens])
+        rows.append([display_name(a.architecture), a.variant, str(len(a.runs)), *mean_std_cells(a.runs), fmt(ens)])
+        csv_rows.append([a.key, a.architecture, a.variant, len(a.runs), *mean_std_numbers(a.runs), ens])
     headers = ["Architecture", "Variant", "Seeds", "Loss", "Avg AUROC", "Avg F1", "Ensemble Avg AUROC"]
     return markdown_table(headers, rows), csv_rows
 
 
-CROSS_COLUMNS = ["Loss mean", "Loss std", "Avg AUROC mean", "Avg AUROC std", "Avg F1 mean", "Avg F1 std"]
 EFFECT_HEADER = [
     "Kind",
     "Within",
