@@ -66,7 +66,7 @@ def beyond_reference(
         files.update(tables)
         pngs.update(effect_pngs)
     elif len(ensembles) > 1:
-        section, rows = comparison.ensembles_section(ensembles)
+        section, rows = comparison.ensembles_section(ensembles, bootstrap)
         text.append(section)
         files["delong.csv"] = rows
 
@@ -82,7 +82,7 @@ def beyond_reference(
         structured["baselines"] = info
     text += notes
     if options.compare:
-        section, rows = comparison.requested_section(options.compare, scorers)
+        section, rows = comparison.requested_section(options.compare, scorers, bootstrap)
         text.append(section)
         files["compare_delong.csv"] = rows
 

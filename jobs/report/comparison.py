@@ -21,7 +21,7 @@ from jobs.report.baselines import BaselineScore
 from jobs.report.seeds import Ensemble
 from jobs.report.tables import fmt, markdown_table, mean_std
 from jobs.scoring.bootstrap import Resampling, bootstrap_auroc, interval, row_nanmean
-from jobs.scoring.delong import delong_test, holm
+from jobs.scoring.delong import comparable, delong_test, holm
 from jobs.scoring.metrics import json_number, nanmean
 from jobs.scoring.predictions import Predictions
 
@@ -47,18 +47,34 @@ def on_common_images(a: Predictions, b: Predictions) -> tuple[Predictions, Predi
     )
 
 
-def delong_table(a: Scorer, b: Scorer) -> tuple[list[str], list[list]]:
+Resample = Callable[[list[str]], Resampling]  # the study's bootstrap of a set of test images
+
+
+def delong_design(resampling: Resampling | None) -> str:
+    """How the section's DeLong tests treat the films of one patient, for its intro."""
+    if resampling is not None and resampling.clusters is not None:
+        return (
+            "DeLong's variances are clustered by patient (Obuchowski 1997), as the bootstrap intervals are: a "
+            "patient's films count as one unit."
+        )
+    return "DeLong's tests take each test image as independent, as the bootstrap intervals here do (by image)."
+
+
+def delong_table(a: Scorer, b: Scorer, resample: Resample | None = None) -> tuple[list[str], list[list]]:
     """Markdown parts and CSV rows of a per-class paired DeLong test of ``a`` against ``b``, Holm-adjusted
-    over the classes compared (a class needs two positives and two negatives among the common images)."""
+    over the classes compared (a class needs two positives and two negatives among the common images).
+    ``resample``: the study's bootstrap, whose clusters (each image's patient, when it resamples patients)
+    the tests share; None: images independent."""
     pa, pb = on_common_images(a.test, b.test)
     if not pa.names:
         return [f"{a.name} and {b.name} share no scored test image: not compared."], []
+    clusters = resample(pa.names).clusters if resample is not None else None
     kept, ps = [], []
     for k, c in enumerate(CLASSES):
         y = pa.labels[:, k]
-        if y.sum() < 2 or (1 - y).sum() < 2:
+        if not comparable(y, clusters):
             continue
-        auc_a, auc_b, p = delong_test(y, pa.probs[:, k], pb.probs[:, k])
+        auc_a, auc_b, p = delong_test(y, pa.probs[:, k], pb.probs[:, k], clusters)
         kept.append((c, auc_a, auc_b, p))
         ps.append(p)
     table, rows = [], []
@@ -79,16 +95,19 @@ def delong_table(a: Scorer, b: Scorer) -> tuple[list[str], list[list]]:
 DELONG_HEADER = ["A", "B", "Class", "Images", "AUROC A", "AUROC B", "p", "p Holm"]
 
 
-def delong_pairs_section(title: str, intro: str, pairs: list[tuple[Scorer, Scorer]]) -> tuple[str, list[list]]:
-    text, rows = [title, intro], [DELONG_HEADER]
+def delong_pairs_section(
+    title: str, intro: str, pairs: list[tuple[Scorer, Scorer]], resample: Resample | None = None
+) -> tuple[str, list[list]]:
+    design = delong_design(resample(pairs[0][0].test.names) if resample is not None and pairs else None)
+    text, rows = [title, f"{intro} {design}"], [DELONG_HEADER]
     for a, b in pairs:
-        parts, pair_rows = delong_table(a, b)
+        parts, pair_rows = delong_table(a, b, resample)
         text += parts
         rows += pair_rows
     return "\n\n".join(text), rows
 
 
-def ensembles_section(ensembles: list[Ensemble]) -> tuple[str, list[list]]:
+def ensembles_section(ensembles: list[Ensemble], resample: Resample | None = None) -> tuple[str, list[list]]:
     """Per-class paired DeLong tests between every two architectures' seed ensembles."""
     pairs = [
         (Scorer(a.name, a.test), Scorer(b.name, b.test)) for i, a in enumerate(ensembles) for b in ensembles[i + 1 :]
@@ -98,10 +117,13 @@ def ensembles_section(ensembles: list[Ensemble]) -> tuple[str, list[list]]:
         "Per class, the two seed ensembles' AUROCs on the same test images (DeLong's paired test, fast midrank "
         "algorithm of Sun & Xu 2014), two-sided.",
         pairs,
+        resample,
     )
 
 
-def requested_section(compare: list[list[str]], scorers: dict[str, Scorer]) -> tuple[str, list[list]]:
+def requested_section(
+    compare: list[list[str]], scorers: dict[str, Scorer], resample: Resample | None = None
+) -> tuple[str, list[list]]:
     """DeLong tests of the pairs asked for with ``cxrstudy report --compare A B``."""
     pairs, notes = [], []
     for a, b in compare:
@@ -115,6 +137,7 @@ def requested_section(compare: list[list[str]], scorers: dict[str, Scorer]) -> t
         "Pairs asked for with `cxrstudy report --compare`: an architecture name is its seed ensemble, "
         "`architecture:seed` one run, a baseline its name. Each pair is compared on the test images both scored.",
         pairs,
+        resample,
     )
     return text + ("\n\n" + "\n".join(notes) if notes else ""), rows
 
@@ -123,7 +146,7 @@ def baseline_section(
     baselines: list[BaselineScore],
     ensembles: list[Ensemble],
     seed_auroc: dict[str, np.ndarray],
-    resample: Callable[[list[str]], Resampling],
+    resample: Resample,
 ) -> tuple[str, dict[str, list[list]], dict]:
     """External baselines beside each architecture's seeds and ensemble, with intervals and DeLong tests.
     ``resample(names)``: the study's bootstrap of those test images."""
@@ -162,6 +185,7 @@ def baseline_section(
         "### Baselines vs Seed Ensembles (paired DeLong tests)",
         "Each baseline against each seed ensemble, on the test images the baseline scored.",
         pairs,
+        resample,
     )
     text.append(delong_text)
     csv_rows = [["Baseline", "Class", "Images", "Missing", "Extra", "AUROC", "F1", "Threshold"]]

@@ -7,8 +7,9 @@ An *arm* is an architecture with a variant. This part of the report has
 - one *effect* table per pair of variants within an architecture, and per pair of architectures within
   a variant: per class and on average, the difference of the two seed ensembles' AUROC (A - B), its
   95% bootstrap interval (both arms scored on the same resamples: the study's bootstrap of the test
-  images both scored, by patient unless the options say image), the paired DeLong p (per class; the
-  average's p is a two-sided Wald test with the bootstrap's standard error) and the Holm-adjusted p;
+  images both scored, by patient unless the options say image), the paired DeLong p (per class,
+  clustered by patient when the bootstrap is; the average's p is a two-sided Wald test with the
+  bootstrap's standard error) and the Holm-adjusted p;
 - a sentence naming the differences that survive Holm's adjustment, over every p of the section;
 - a figure of the effects with their intervals.
 """
@@ -24,12 +25,12 @@ import numpy as np
 
 from jobs.data.labels import CLASSES
 from jobs.report import figures
-from jobs.report.comparison import on_common_images
+from jobs.report.comparison import delong_design, on_common_images
 from jobs.report.reference import MEAN_STD_COLUMNS, SeedRun, mean_std_cells, mean_std_numbers
 from jobs.report.seeds import Ensemble
 from jobs.report.tables import display_name, fmt, markdown_table
 from jobs.scoring.bootstrap import Resampling, auroc_and_bootstrap, interval, percentile_interval, row_nanmean
-from jobs.scoring.delong import delong_test, holm
+from jobs.scoring.delong import comparable, delong_test, holm
 from jobs.scoring.metrics import json_number, nanmean
 
 ALPHA = 0.05  # family-wise error of the section
@@ -127,9 +128,9 @@ def measure_effect(
     diff, p = nan.copy(), nan.copy()
     for k in range(len(CLASSES)):
         y = pa.labels[:, k]
-        if y.sum() < 2 or (1 - y).sum() < 2:  # DeLong needs two of each; the class is left out
+        if not comparable(y, resampling.clusters):  # DeLong needs two of each; the class is left out
             continue
-        _, _, p[k] = delong_test(y, pa.probs[:, k], pb.probs[:, k])
+        _, _, p[k] = delong_test(y, pa.probs[:, k], pb.probs[:, k], resampling.clusters)
         diff[k] = auc_a[k] - auc_b[k]
     compared = ~np.isnan(diff)
     with warnings.catch_warnings():  # a class without positives has no resample: NaN, said in the table
@@ -187,7 +188,9 @@ def effect_table(e: Effect) -> str:
     rows = []
     for k, c in enumerate(CLASSES):
         if np.isnan(e.diff[k]):
-            rows.append([c, "n/a", "n/a", "n/a", "not compared (fewer than 2 positives or negatives)", "", ""])
+            rows.append(
+                [c, "n/a", "n/a", "n/a", "not compared (fewer than 2 positives, negatives or patients)", "", ""]
+            )
             continue
         ci = _interval(e.low[k], e.high[k])
         rows.append([c, fmt(e.auroc_a[k]), fmt(e.auroc_b[k]), _signed(e.diff[k]), ci, _p(e.p[k]), _p(e.p_holm[k])])
@@ -315,6 +318,8 @@ def effects_section(
         "patients, not how a new draw of seeds would differ (the seed spread above says that).",
     ]
     compared = [a for a in arms if a.ensemble is not None]
+    if compared:
+        text[-1] += " " + delong_design(resample(compared[0].ensemble.test.names))
     skipped = [
         f"- {display_name(a.key)}: its runs' predictions files are missing (written by an older cxrstudy?); in the "
         "table above, in no effect."

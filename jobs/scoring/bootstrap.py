@@ -3,7 +3,8 @@
 - :func:`resample_counts`: the resamples, as counts per image. By patient (a cluster bootstrap, the
   default of the report): patients are drawn with replacement and every image of a drawn patient
   counts as often as its patient is drawn, since films of one patient are correlated. By image: the
-  images themselves are drawn. :class:`Resampling` is the report's design (unit, counts, patients).
+  images themselves are drawn. :class:`Resampling` is the report's design (unit, counts, patients),
+  whose clusters the report's DeLong tests share, so that a p and the interval beside it have one unit.
 - :func:`bootstrap_auroc`: per-class AUROC over bootstrap resamples of the images, exact (ties
   count one half). A resample is a row of multinomial counts; each class needs one sort of the
   scores, then one pass over the images in score order that carries, for every resample at once,
@@ -66,6 +67,7 @@ class Resampling:
     counts: np.ndarray  # (resamples, images)
     images: int
     patients: int | None  # distinct patients among the images; None when unknown
+    clusters: np.ndarray | None = None  # each image's patient when the unit is the patient: DeLong's clusters
 
     @property
     def resamples(self) -> int:
@@ -93,7 +95,8 @@ def resampling(
     patients = None if patient_of is None else [patient_of[n] for n in names]
     distinct = None if patients is None else len(set(patients))
     if unit == "patient" and patients is not None:
-        return Resampling("patient", resample_counts(len(names), resamples, seed, patients), len(names), distinct)
+        counts = resample_counts(len(names), resamples, seed, patients)
+        return Resampling("patient", counts, len(names), distinct, np.asarray(patients))
     return Resampling("image", resample_counts(len(names), resamples, seed), len(names), distinct)
 
 

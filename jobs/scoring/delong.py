@@ -3,13 +3,19 @@
 - :func:`delong_covariance`: the fast DeLong algorithm (Sun & Xu 2014, IEEE Signal Processing
   Letters 21(11)): AUROCs of k scorers on the same images and their covariance from midranks, in
   O(k N log N); :func:`delong_covariance_slow` is the textbook O(m n) version the tests check it with.
-- :func:`delong_test`: the paired two-sided test of two AUROCs on the same images.
+- Given each image's cluster (its patient), the covariance is Obuchowski's clustered one (Biometrics
+  53:567-578, 1997): the same structural components, summed per patient, so that correlated films of
+  one patient count as one unit, as the report's patient bootstrap does. Without clusters, images are
+  taken as independent (DeLong, DeLong & Clarke-Pearson 1988).
+- :func:`delong_test`: the paired two-sided test of two AUROCs on the same images; :func:`comparable`
+  says whether a class's labels allow it.
 - :func:`holm`: Holm-Bonferroni adjusted p-values over the classes compared.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -20,10 +26,13 @@ def midranks(x: np.ndarray) -> np.ndarray:
     return rankdata(x, method="average", axis=-1).astype(np.float64)
 
 
-def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def delong_covariance(
+    y: np.ndarray, scores: np.ndarray, clusters: Sequence[int] | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """AUROCs ``(k,)`` of ``scores`` ``(k, n)`` against binary ``y`` ``(n,)`` and their ``(k, k)``
-    DeLong covariance, by the midrank algorithm of Sun & Xu (2014)."""
-    y = y.astype(bool)
+    covariance, by the midrank algorithm of Sun & Xu (2014). ``clusters``: each image's patient; the
+    covariance is then Obuchowski's clustered one (see the module's docstring)."""
+    y = np.asarray(y).astype(bool)
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     pos, neg = scores[:, y], scores[:, ~y]
     m, n = pos.shape[1], neg.shape[1]
@@ -34,13 +43,45 @@ def delong_covariance(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np
     aucs = tz[:, :m].sum(axis=1) / (m * n) - (m + 1.0) / (2.0 * n)
     v10 = (tz[:, :m] - tx) / n  # per positive: the share of negatives it outranks
     v01 = 1.0 - (tz[:, m:] - ty) / m  # per negative: the share of positives that outrank it
-    cov = np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
-    return aucs, cov
+    if clusters is None:
+        return aucs, np.atleast_2d(np.cov(v10)) / m + np.atleast_2d(np.cov(v01)) / n
+    return aucs, _clustered_covariance(aucs, v10, v01, y, clusters)
 
 
-def delong_covariance_slow(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The same from the pairwise kernel psi(x, y) = 1 if x > y, 1/2 if equal: O(k m n) memory/time."""
-    y = y.astype(bool)
+def _clustered_covariance(
+    aucs: np.ndarray, v10: np.ndarray, v01: np.ndarray, y: np.ndarray, clusters: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """Obuchowski (1997): with I clusters, cluster i holding m_i positives and n_i negatives,
+    V10_i (V01_i) the sum of its positives' (negatives') components, D10_i = V10_i - m_i * auc,
+    D01_i = V01_i - n_i * auc: S10 = I/((I-1) M) D10 D10', S01 = I/((I-1) N) D01 D01',
+    S11 = I/(I-1) D10 D01', and cov = S10/M + S01/N + (S11 + S11')/(M N)."""
+    clusters = np.asarray(clusters)
+    if clusters.shape != y.shape:
+        raise ValueError(f"{clusters.size} cluster ids for {y.size} images")
+    _, index = np.unique(clusters, return_inverse=True)
+    index = index.ravel()
+    count = int(index.max()) + 1
+    if count < 2:
+        raise ValueError("a clustered DeLong test needs at least two clusters")
+    m, n = v10.shape[1], v01.shape[1]
+    pos_index, neg_index = index[y], index[~y]
+    m_i = np.bincount(pos_index, minlength=count)
+    n_i = np.bincount(neg_index, minlength=count)
+    d10 = np.array([np.bincount(pos_index, weights=row, minlength=count) for row in v10]) - np.outer(aucs, m_i)
+    d01 = np.array([np.bincount(neg_index, weights=row, minlength=count) for row in v01]) - np.outer(aucs, n_i)
+    scale = count / (count - 1)
+    s10 = scale / m * (d10 @ d10.T)
+    s01 = scale / n * (d01 @ d01.T)
+    s11 = scale * (d10 @ d01.T)
+    return s10 / m + s01 / n + (s11 + s11.T) / (m * n)
+
+
+def delong_covariance_slow(
+    y: np.ndarray, scores: np.ndarray, clusters: Sequence[int] | np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same from the pairwise kernel psi(x, y) = 1 if x > y, 1/2 if equal: O(k m n) memory/time,
+    and (with ``clusters``) a loop over the clusters."""
+    y = np.asarray(y).astype(bool)
     scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))
     v10, v01, aucs = [], [], []
     for s in scores:
@@ -49,13 +90,45 @@ def delong_covariance_slow(y: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
         v01.append(psi.mean(axis=0))
         aucs.append(psi.mean())
     m, n = int(y.sum()), int((~y).sum())
-    cov = np.atleast_2d(np.cov(np.array(v10))) / m + np.atleast_2d(np.cov(np.array(v01))) / n
+    if clusters is None:
+        cov = np.atleast_2d(np.cov(np.array(v10))) / m + np.atleast_2d(np.cov(np.array(v01))) / n
+        return np.array(aucs), cov
+    clusters = np.asarray(clusters)
+    ids = sorted(set(clusters.tolist()))
+    k, count = len(scores), len(ids)
+    cov = np.zeros((k, k))
+    for r in range(k):
+        for s in range(k):
+            s10 = s01 = s11 = s11_t = 0.0
+            for c in ids:
+                in_pos, in_neg = clusters[y] == c, clusters[~y] == c
+                d10_r = v10[r][in_pos].sum() - in_pos.sum() * aucs[r]
+                d10_s = v10[s][in_pos].sum() - in_pos.sum() * aucs[s]
+                d01_r = v01[r][in_neg].sum() - in_neg.sum() * aucs[r]
+                d01_s = v01[s][in_neg].sum() - in_neg.sum() * aucs[s]
+                s10 += d10_r * d10_s
+                s01 += d01_r * d01_s
+                s11 += d10_r * d01_s
+                s11_t += d10_s * d01_r
+            scale = count / (count - 1)
+            cov[r, s] = scale * (s10 / m / m + s01 / n / n + (s11 + s11_t) / (m * n))
     return np.array(aucs), cov
 
 
-def delong_test(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
-    """Paired two-sided DeLong test of AUROC(a) = AUROC(b) on the same images: (auc_a, auc_b, p)."""
-    aucs, cov = delong_covariance(y, np.vstack([a, b]))
+def comparable(y: np.ndarray, clusters: Sequence[int] | np.ndarray | None = None) -> bool:
+    """Whether DeLong's test can compare scorers on labels ``y``: two positives and two negatives, and
+    (clustered) two patients."""
+    y = np.asarray(y)
+    enough = y.sum() >= 2 and (1 - y).sum() >= 2
+    return bool(enough and (clusters is None or len(np.unique(np.asarray(clusters))) >= 2))
+
+
+def delong_test(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray, clusters: Sequence[int] | np.ndarray | None = None
+) -> tuple[float, float, float]:
+    """Paired two-sided DeLong test of AUROC(a) = AUROC(b) on the same images: (auc_a, auc_b, p).
+    ``clusters``: each image's patient, for Obuchowski's clustered variance; None: images independent."""
+    aucs, cov = delong_covariance(y, np.vstack([a, b]), clusters)
     var = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
     if var <= 0:
         return float(aucs[0]), float(aucs[1]), 1.0 if aucs[0] == aucs[1] else 0.0

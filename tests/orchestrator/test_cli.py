@@ -233,6 +233,7 @@ def test_demo_learns_on_the_cpu(tmp_path):
         assert overall[0][-2:] == ["Avg Brier", "Avg ECE"] and all(0 < float(r[-2]) < 0.25 for r in overall[1:])
     # Intervals by patient, and compute: every run recorded what it ran on and for how long.
     assert "resamples of the" in report and "test patients, each drawn patient with all of their images" in report
+    assert "DeLong's variances are clustered by patient (Obuchowski 1997)" in report  # the tests share the unit
     assert "# Compute and Provenance" in report and "- Wall time from submission (" in report
     import torch  # the version the runs recorded is the installed one
 

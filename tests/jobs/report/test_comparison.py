@@ -29,6 +29,27 @@ def test_ensembles_section_compares_the_ensembles_class_by_class():
     assert "significant for" in text  # A is much better
 
 
+def test_with_the_patient_bootstrap_the_delong_tests_cluster_by_patient():
+    a = analysis.ensemble("A", runs_of([1, 2], shift=0.3))
+    b = analysis.ensemble("B", runs_of([3, 4]))
+    patient_of = {name: i // 4 for i, name in enumerate(a.test.names)}  # 60 patients of 4 films each
+
+    def by_patient(names):
+        return resampling(names, patient_of, "patient", 50)
+
+    text, rows = comparison.ensembles_section([a, b], by_patient)
+    clusters = [patient_of[n] for n in a.test.names]
+    assert "clustered by patient (Obuchowski 1997)" in text
+    for (_, _, c, _, auc_a, auc_b, p, _), k in zip(rows[1:], range(14)):
+        y = a.test.labels[:, k]
+        assert c == CLASSES[k]
+        assert (auc_a, auc_b, p) == delong_test(y, a.test.probs[:, k], b.test.probs[:, k], clusters)
+        assert p != delong_test(y, a.test.probs[:, k], b.test.probs[:, k])[2]
+    by_image_text, image_rows = comparison.ensembles_section([a, b], lambda names: resampling(names, None, "image", 50))
+    assert "take each test image as independent" in by_image_text
+    assert [r[6] for r in image_rows[1:]] == [r[6] for r in comparison.ensembles_section([a, b])[1][1:]]
+
+
 def test_scorers_are_compared_on_the_images_both_scored():
     run = runs_of([1])[0].test
     rng = np.random.default_rng(5)

@@ -12,6 +12,7 @@ from jobs.report import effects, seeds
 from jobs.report.figures import effects_size
 from jobs.report.reference import SeedRun
 from jobs.scoring.bootstrap import resampling
+from jobs.scoring.delong import delong_test
 from jobs.scoring.predictions import Predictions
 from tests.jobs.report.test_seeds import runs_of
 
@@ -24,6 +25,25 @@ def arm(architecture: str, variant: str, shift: float, seed_base: int = 0) -> ef
 
 def by_image(names: list[str]) -> object:
     return resampling(names, None, "image", 300)
+
+
+def test_with_the_patient_bootstrap_an_effects_class_p_is_the_clustered_delong():
+    strong, weak = arm("densenet121", "clahe", -0.3), arm("densenet121", "plain", -0.5, seed_base=10)
+    names = strong.ensemble.test.names
+    patient_of = {name: i // 3 for i, name in enumerate(names)}
+
+    def by_patient(of: list[str]):
+        return resampling(of, patient_of, "patient", 300)
+
+    effect = effects.measure_effect("variant", "densenet121", strong, weak, by_patient)
+    clusters = [patient_of[n] for n in names]
+    y, pa, pb = strong.ensemble.test.labels, strong.ensemble.test.probs, weak.ensemble.test.probs
+    for k in range(len(CLASSES)):
+        assert effect.p[k] == delong_test(y[:, k], pa[:, k], pb[:, k], clusters)[2]
+        assert effect.p[k] != delong_test(y[:, k], pa[:, k], pb[:, k])[2]
+    text, *_ = effects.effects_section([strong, weak], by_patient)
+    assert "DeLong's variances are clustered by patient (Obuchowski 1997)" in text
+    assert "take each test image as independent" in effects.effects_section([strong, weak], by_image)[0]
 
 
 def test_pairs_are_variants_within_an_architecture_then_architectures_within_a_variant():

@@ -1,4 +1,4 @@
-"""DeLong tests, checked against the O(mn) reference, and Holm's adjustment."""
+"""DeLong tests (image-level and clustered by patient), checked against the O(mn) reference, and Holm's adjustment."""
 
 import numpy as np
 import pytest
@@ -47,3 +47,76 @@ def test_delong_p_values_are_uniform_under_the_null_and_small_under_a_difference
 
 def test_holm_adjustment():
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+
+
+def clustered_scores(patients: int, per_patient: int, rng: np.random.Generator):
+    """Films of one patient share their label (mostly) and each scorer's patient effect: correlated images."""
+    ids = np.repeat(np.arange(patients), per_patient)
+    y = ((rng.random(patients) < 0.3)[ids] ^ (rng.random(ids.size) < 0.1)).astype(int)
+    a = y + rng.normal(size=patients)[ids] + rng.normal(size=ids.size) * 0.2
+    b = y + rng.normal(size=patients)[ids] + rng.normal(size=ids.size) * 0.2  # as good as a
+    return ids, y, a, b
+
+
+def test_clustered_delong_matches_the_slow_reference_with_ties_and_uneven_clusters():
+    rng = np.random.default_rng(8)
+    ids = rng.integers(0, 40, size=160) * 7 + 3  # 40 patients at most, ids not 0..I-1, uneven sizes
+    y = (rng.random(160) < 0.35).astype(int)
+    a = y + rng.normal(size=160)
+    b = np.round(a + rng.normal(size=160), 1)  # ties
+    c = rng.normal(size=160)
+    fast_auc, fast_cov = delong_covariance(y, np.vstack([a, b, c]), ids)
+    slow_auc, slow_cov = delong_covariance_slow(y, np.vstack([a, b, c]), ids)
+    assert np.allclose(fast_auc, slow_auc, atol=1e-12)
+    assert np.allclose(fast_cov, slow_cov, atol=1e-12)
+    assert np.allclose(fast_cov, fast_cov.T, atol=1e-15)
+
+
+def test_one_image_per_patient_gives_delongs_covariance_up_to_its_small_sample_factors():
+    y, a = scored(300, 12, signal=1.0)
+    b = a + np.random.default_rng(13).normal(size=300)
+    scores = np.vstack([a, b])
+    m, n, count = int(y.sum()), int((1 - y).sum()), 300
+    _, clustered = delong_covariance(y, scores, np.arange(300))
+    # Obuchowski's S11 vanishes when no patient has both a positive and a negative image, and each of the
+    # other two terms is DeLong's with I/(I-1) in place of m/(m-1) (n/(n-1)).
+    pos, neg = scores[:, y.astype(bool)], scores[:, ~y.astype(bool)]
+    v10 = np.array([[(p > neg[r]).mean() + 0.5 * (p == neg[r]).mean() for p in pos[r]] for r in range(2)])
+    v01 = np.array([[(pos[r] > q).mean() + 0.5 * (pos[r] == q).mean() for q in neg[r]] for r in range(2)])
+    expected = count / (count - 1) * ((m - 1) / m * np.cov(v10) / m + (n - 1) / n * np.cov(v01) / n)
+    assert np.allclose(clustered, expected, atol=1e-14)
+    _, image = delong_covariance(y, scores)
+    assert np.allclose(clustered, image, rtol=0.01)
+
+
+def test_duplicated_patients_leave_the_clustered_variance_unchanged_and_halve_the_image_one():
+    ids, y, a, b = clustered_scores(80, 3, np.random.default_rng(14))
+    twice = np.r_[ids, ids], np.r_[y, y], np.r_[a, a], np.r_[b, b]  # every film of every patient twice
+    _, _, p_clustered = delong_test(y, a, b, ids)
+    _, _, p_clustered_twice = delong_test(twice[1], twice[2], twice[3], twice[0])
+    assert p_clustered_twice == pytest.approx(p_clustered, rel=1e-9)
+    _, once = delong_covariance(y, np.vstack([a, b]), ids)
+    _, doubled = delong_covariance(twice[1], np.vstack([twice[2], twice[3]]), twice[0])
+    assert np.allclose(doubled, once, rtol=1e-9)
+    _, image_once = delong_covariance(y, np.vstack([a, b]))
+    _, image_doubled = delong_covariance(twice[1], np.vstack([twice[2], twice[3]]))
+    assert np.allclose(image_doubled / image_once, 0.5, atol=0.01)  # as if the data had doubled
+
+
+def test_with_correlated_films_only_the_clustered_test_holds_its_level():
+    rng = np.random.default_rng(11)
+    clustered, image = [], []
+    for _ in range(400):
+        ids, y, a, b = clustered_scores(100, 6, rng)
+        clustered.append(delong_test(y, a, b, ids)[2])
+        image.append(delong_test(y, a, b)[2])
+    assert 0.02 < (np.array(clustered) < 0.05).mean() < 0.08
+    assert (np.array(image) < 0.05).mean() > 0.25  # 0.36 here: images taken as independent reject far too often
+
+
+def test_clusters_must_match_the_images_and_be_two_or_more():
+    y, a = scored(50, 2, signal=1.0)
+    with pytest.raises(ValueError, match="49 cluster ids for 50 images"):
+        delong_test(y, a, a, np.arange(49))
+    with pytest.raises(ValueError, match="at least two clusters"):
+        delong_test(y, a, a + 1, np.zeros(50))
