@@ -21,13 +21,16 @@ a network policy, mlflow not installed, a tracking.json that cannot be read) is 
 warning line and tracking stops for that run; it never fails a run. The client's HTTP retries are
 capped (one retry, 5 s timeout) so that a server that is down costs seconds, not minutes. A run
 stopped to be resumed (SIGTERM, cancel, a lost lease) is KILLED until its resume sets it RUNNING
-again; MLflow's metric history cannot be cut back, so epochs that a resume trains again appear
-twice there (metrics.jsonl, truncated at the resume, has them once).
+again. An epoch is logged after its checkpoint, so a resume trains again no epoch MLflow has, and each
+attempt starts by logging the finished epochs MLflow missed: the history has one point per epoch, as
+metrics.jsonl does. The exception is a resume from ``last.prev.pt`` (``last.pt`` damaged): MLflow's
+history cannot be cut back, so the epochs trained again appear twice, and a tag names them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Callable
@@ -35,7 +38,7 @@ from collections.abc import Callable
 from jobs.errors import DamagedArtifact
 from jobs.spec.runs import JobSpec
 from jobs.store import Store, layout
-from jobs.store.records import read_json, study_states, write_json
+from jobs.store.records import metrics_lines, read_json, study_states, write_json
 
 ENV_URI = "MLFLOW_TRACKING_URI"
 ENV_EXPERIMENT = "MLFLOW_EXPERIMENT_NAME"
@@ -176,6 +179,7 @@ class RunTracker(_Tracked):
             client.update_run(self.run_id, status="RUNNING")
             if "cxrstudy.error" in client.get_run(self.run_id).data.tags:  # an earlier attempt's failure
                 client.delete_tag(self.run_id, "cxrstudy.error")
+            self._catch_up()
             return
         parent = self.parent_id()
         experiment_id = client.get_run(parent).info.experiment_id
@@ -198,6 +202,27 @@ class RunTracker(_Tracked):
         params.update(flat_params("training", job.training))
         params.update(flat_params("preprocessing", preprocessing))
         _log_params(client, self.run_id, params)
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Bring the child's history in step with metrics.jsonl as this attempt starts (after the resume
+        cut it back to the checkpoint): log the finished epochs MLflow never got (a worker killed between
+        an epoch's last.pt and its log line, or an attempt whose tracking was down), and tag the epochs it
+        has that this attempt trains again (a resume from an older checkpoint than the last logged epoch),
+        since MLflow cannot take a metric point back."""
+        records = [json.loads(line) for line in metrics_lines(self.store, self.job)]
+        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+        for record in records:
+            if record["epoch"] not in logged:
+                self._epoch(record)
+        again = sorted(step for step in logged if step > len(records))
+        if again:
+            self.client.set_tag(
+                self.run_id,
+                "cxrstudy.epochs_trained_again",
+                f"{again[0]}-{again[-1]}: resumed from an older checkpoint, these epochs' history holds every try "
+                "(metrics.jsonl in the store holds the last)",
+            )
 
     def epoch(self, record: dict) -> None:
         """One finished epoch's metrics.jsonl record, at step = epoch."""

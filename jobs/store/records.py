@@ -234,6 +234,12 @@ def report_covers(store: Store, study_id: str, states: list[RunState]) -> bool:
 
 
 # --- the terminal files: one writer each --------------------------------------------------------------
+def metrics_lines(store: Store, job: JobSpec) -> list[str]:
+    """``metrics.jsonl``: one JSON line per finished epoch (of the checkpoint the run continues from)."""
+    key = job.keys.metrics
+    return [ln for ln in store.get_text(key).splitlines() if ln.strip()] if store.exists(key) else []
+
+
 def write_result(store: Store, job: JobSpec, result: dict) -> None:
     write_json(store, job.keys.result, result)
 

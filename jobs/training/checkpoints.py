@@ -41,6 +41,7 @@ from torch import nn
 from jobs.errors import DamagedArtifact
 from jobs.spec.runs import JobSpec
 from jobs.store import Store
+from jobs.store.records import metrics_lines
 
 LAST, PREV, BEST = "last.pt", "last.prev.pt", "best.pt"
 Log = Callable[[str], None]
@@ -254,14 +255,14 @@ def load_best(store: Store, job: JobSpec, device: torch.device, model: nn.Module
 # --- metrics.jsonl, kept in step with the checkpoint a run continues from --------------------------------
 def append_metrics(store: Store, job: JobSpec, record: dict) -> None:
     """Add one finished epoch's line; lines of that epoch or later (from an earlier try) are dropped first."""
-    lines = [ln for ln in _metrics(store, job) if json.loads(ln)["epoch"] < record["epoch"]]
+    lines = [ln for ln in metrics_lines(store, job) if json.loads(ln)["epoch"] < record["epoch"]]
     lines.append(json.dumps(record))
     store.put_text(job.keys.metrics, "\n".join(lines) + "\n")
 
 
 def truncate_metrics(store: Store, job: JobSpec, epochs: int) -> None:
     """Drop the lines of epochs after the first ``epochs`` (those a resumed run trains again)."""
-    lines = _metrics(store, job)
+    lines = metrics_lines(store, job)
     kept = [ln for ln in lines if json.loads(ln)["epoch"] <= epochs]
     if len(kept) == len(lines):
         return
@@ -269,8 +270,3 @@ def truncate_metrics(store: Store, job: JobSpec, epochs: int) -> None:
         store.put_text(job.keys.metrics, "\n".join(kept) + "\n")
     else:
         store.delete(job.keys.metrics)
-
-
-def _metrics(store: Store, job: JobSpec) -> list[str]:
-    key = job.keys.metrics
-    return [ln for ln in store.get_text(key).splitlines() if ln.strip()] if store.exists(key) else []

@@ -276,6 +276,43 @@ def test_a_resumed_run_logs_to_the_same_child_and_its_ends_are_recorded(mlflow_s
     assert run.info.status == "FINISHED" and run.data.metrics["test_avg_auroc"] == 0.71
 
 
+def test_each_attempt_catches_up_on_the_epochs_mlflow_missed_so_each_epoch_is_one_point(mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    from jobs.training import checkpoints
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    store, (job,) = tracked_store(tmp_path, mlflow_server, "catch-up")
+
+    def record(epoch: int) -> dict:
+        return {"epoch": epoch, "train_loss": 1.0 / epoch, "val_loss": 0.5, "val_avg_auroc": 0.5 + epoch / 100}
+
+    def history() -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
+
+    # A first attempt ran two epochs while the server was unreachable: the next attempt logs them first.
+    for epoch in (1, 2):
+        checkpoints.append_metrics(store, job, record(epoch))
+    first = tracking.RunTracker(store, job, pytest.fail)
+    first.start()
+    run_id = first.run_id
+    assert history() == [(1, 1.0), (2, 0.5)]
+    first.epoch(record(3))
+    # Killed after epoch 4's last.pt and before its log line: the resume at epoch 5 logs epoch 4, once.
+    for epoch in (3, 4):
+        checkpoints.append_metrics(store, job, record(epoch))
+    tracking.RunTracker(store, job, pytest.fail).start()
+    assert history() == [(e, 1.0 / e) for e in (1, 2, 3, 4)]
+    assert [m.step for m in client.get_metric_history(run_id, "val_avg_auroc")] == [1, 2, 3, 4]
+    assert "cxrstudy.epochs_trained_again" not in client.get_run(run_id).data.tags
+    # last.pt damaged: the run resumes from last.prev.pt at epoch 3 and trains epochs 3 and 4 again.
+    checkpoints.truncate_metrics(store, job, 2)
+    tracking.RunTracker(store, job, pytest.fail).start()
+    assert history() == [(e, 1.0 / e) for e in (1, 2, 3, 4)]  # nothing logged twice at the start
+    tag = client.get_run(run_id).data.tags["cxrstudy.epochs_trained_again"]
+    assert tag.startswith("3-4: resumed from an older checkpoint")
+
+
 def test_a_tracking_file_that_cannot_be_read_is_one_warning_and_no_tracking(tmp_path, monkeypatch):
     store = LocalStore(tmp_path)
     store.put_text("studies/s-1/tracking.json", "[1, 2]")  # JSON, not settings
