@@ -127,6 +127,8 @@ class _Tracked:
             dataset = spec.get("dataset") or {}
             params = {"study.name": spec.get("name"), "study.dataset": dataset.get("location")}
             params["study.data_prefix"] = doc.get("data_prefix")
+            if len(datasets := doc.get("datasets") or {}) > 1:  # variants with their own preprocessing
+                params["study.datasets"] = ", ".join(datasets)
             _log_params(self.client, created.info.run_id, {k: str(v) for k, v in params.items()})
             parents = self.parents(experiment_id) or [created]
         chosen = parents[0].info.run_id  # racing workers may choose apart: the aggregate settles it

@@ -276,6 +276,21 @@ def test_a_resumed_run_logs_to_the_same_child_and_its_ends_are_recorded(mlflow_s
     assert run.info.status == "FINISHED" and run.data.metrics["test_avg_auroc"] == 0.71
 
 
+def test_a_study_with_two_prepared_datasets_names_both_on_its_parent(mlflow_server, tmp_path):
+    from mlflow import MlflowClient
+
+    store, (job,) = tracked_store(tmp_path, mlflow_server, "datasets")
+    datasets = {"datasets/nih-aaa": {"clahe": True}, "datasets/nih-bbb": {"clahe": False}}
+    study = {"spec": {"name": "ablation"}, "data_prefix": "datasets/nih-aaa", "datasets": datasets}
+    write_json(store, "studies/s-1/study.json", study)
+    tracker = tracking.RunTracker(store, job, pytest.fail)
+    tracker.start()
+    client = MlflowClient(tracking_uri=mlflow_server)
+    params = client.get_run(client.get_run(tracker.run_id).data.tags["mlflow.parentRunId"]).data.params
+    assert params["study.data_prefix"] == "datasets/nih-aaa"
+    assert params["study.datasets"] == "datasets/nih-aaa, datasets/nih-bbb"
+
+
 def test_each_attempt_catches_up_on_the_epochs_mlflow_missed_so_each_epoch_is_one_point(mlflow_server, tmp_path):
     from mlflow import MlflowClient
 
