@@ -69,12 +69,19 @@ def _float(value, path: str) -> float:
     return number
 
 
-def _shorthand(cls, data):
-    """The study file's short forms: ``loss: bce``, ``loss: {name: focal, gamma: 1}``, ``augment: none``."""
+def _shorthand(cls, data, base=None):
+    """The study file's short forms: ``loss: bce``, ``loss: {name: focal, gamma: 1}``, ``augment: none``.
+
+    On top of a ``base`` loss (a variant's or an architecture's override of the recipe), a mapping
+    without ``name``, or with the base's name, changes only the arguments it gives (``{gamma: 1}`` keeps
+    the recipe's loss and its other arguments); another name starts from that loss's defaults."""
     if cls is LossConfig and isinstance(data, str):
         return {"name": data, "args": dict(LOSS_ARGS["focal"]) if data == "focal" else {}}
     if cls is LossConfig and isinstance(data, dict) and "args" not in data:
-        return {"name": data.get("name", "focal"), "args": {k: v for k, v in data.items() if k != "name"}}
+        name = data.get("name", base.name if base is not None else "focal")
+        given = {k: v for k, v in data.items() if k != "name"}
+        args = {**base.args, **given} if base is not None and name == base.name else given
+        return {"name": name, "args": args}
     if cls is AugmentConfig and data in (False, "none"):
         return {"enabled": False}
     return data
@@ -94,7 +101,7 @@ def _names(cls) -> tuple[str, ...]:
 
 def build(cls, data, path: str, base=None):
     """An instance of dataclass ``cls`` from a mapping, on top of ``base`` (or the defaults)."""
-    data = _shorthand(cls, {} if data is None else data)
+    data = _shorthand(cls, {} if data is None else data, base)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: must be a mapping (got {data!r})")
     hints, names = _hints(cls), list(_names(cls))

@@ -332,6 +332,38 @@ def test_variants_cross_the_runs_into_arms_with_their_resolved_configs(tmp_path)
     assert "variants" not in without.spec() and [a.variant for a in without.arms()] == [None, None]
 
 
+def test_a_partial_loss_override_changes_only_the_arguments_it_gives(tmp_path):
+    text = """\
+        name: s1
+        dataset: ./data
+        training: {loss: {name: focal, alpha: 0.5, gamma: 2.0}}
+        runs:
+          densenet121: [1]
+          efficientnet_b2: {seeds: [1], training: {loss: {gamma: 3}}}
+        variants:
+          base: {}
+          gentle: {training: {loss: {gamma: 1}}}
+          weighted-bce: {training: {loss: {name: bce, pos_weight: 2}}}
+          focal-again: {training: {loss: {name: focal, gamma: 0.5}}}
+        """
+    arms = {a.name: a.training.loss for a in load_study_file(write(tmp_path, text)).arms()}
+    # The recipe's alpha 0.5 stays: only gamma changes (it used to reset the loss to focal's defaults).
+    assert arms["densenet121@gentle"].name == "focal" and arms["densenet121@gentle"].args == {"alpha": 0.5, "gamma": 1}
+    assert arms["densenet121@focal-again"].args == {"alpha": 0.5, "gamma": 0.5}  # the same name: a change, too
+    assert arms["densenet121@weighted-bce"].name == "bce" and arms["densenet121@weighted-bce"].args == {"pos_weight": 2}
+    # An architecture's override and a variant's stack: gamma 3 from the architecture, then 1 from the variant.
+    assert arms["efficientnet_b2@base"].args == {"alpha": 0.5, "gamma": 3}
+    assert arms["efficientnet_b2@gentle"].args == {"alpha": 0.5, "gamma": 1}
+    on_bce = load_study_file(
+        write(
+            tmp_path,
+            "name: s\ndataset: d\ntraining: {loss: bce}\nruns: {densenet121: [1]}\n"
+            "variants: {a: {}, b: {training: {loss: {pos_weight: 3}}}}\n",
+        )
+    ).arms()
+    assert [(a.training.loss.name, a.training.loss.args) for a in on_bce] == [("bce", {}), ("bce", {"pos_weight": 3})]
+
+
 @pytest.mark.parametrize(
     "variants, message",
     [
