@@ -10,7 +10,11 @@ An *arm* is an architecture with a variant. This part of the report has
   images both scored, by patient unless the options say image), the paired DeLong p (per class,
   clustered by patient when the bootstrap is; the average's p is a two-sided Wald test with the
   bootstrap's standard error) and the Holm-adjusted p;
-- a sentence naming the differences that survive Holm's adjustment, over every p of the section;
+- under each table, the same Avg AUROC difference over the arms' own runs (:func:`seed_effect`: a t-test
+  paired by seed, else Welch's), which asks whether a new draw of seeds would differ too, Holm-adjusted
+  over the section's seed comparisons;
+- a sentence naming the differences that survive Holm's adjustment, over every p of the tables, and one
+  naming the seed comparisons that hold;
 - a figure of the effects with their intervals.
 """
 
@@ -22,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.stats import ttest_ind, ttest_rel
 
 from jobs.data.labels import CLASSES
 from jobs.report import figures
@@ -67,6 +72,7 @@ class Effect:
     avg_p: float  # two-sided Wald p of the average difference, with the bootstrap's standard error
     p_holm: np.ndarray | None = None  # per class, then the average: filled over the whole section
     resampling: str = ""
+    over_seeds: SeedEffect | None = None  # the same question asked of the arms' own runs (None: too few seeds)
 
     @property
     def name_a(self) -> str:
@@ -86,6 +92,55 @@ class Effect:
         """How many seeds each ensemble averages ("3 seeds each", "3 and 2 seeds")."""
         a, b = len(self.a.runs), len(self.b.runs)
         return f"{a} seed{'s' if a != 1 else ''} each" if a == b else f"{a} and {b} seeds"
+
+
+@dataclass
+class SeedEffect:
+    """A - B in Avg AUROC over the arms' own runs: would another draw of seeds keep the difference?
+    A t-test on the runs' test Avg AUROC, paired by seed when both arms ran two or more of the same
+    seeds, else Welch's (each arm needs two seeds)."""
+
+    paired: bool
+    seeds: tuple[int, ...]  # the seeds paired, or every seed of both arms (Welch)
+    mean_a: float
+    mean_b: float
+    diff: float
+    low: float
+    high: float
+    df: float
+    p: float
+    p_holm: float = math.nan  # Holm over the section's seed comparisons
+
+    @property
+    def design(self) -> str:
+        if self.paired:
+            return f"paired by seed over seeds {', '.join(map(str, self.seeds))}; t-test with {self.df:g} df"
+        return f"unpaired; Welch's t-test with {self.df:.1f} df"
+
+
+def seed_effect(a: ArmResult, b: ArmResult) -> SeedEffect | None:
+    """The t-test of the arms' runs' Avg AUROC (see :class:`SeedEffect`); None with too few seeds."""
+    by_a = {r.seed: r.avg_auroc for r in a.runs if r.avg_auroc == r.avg_auroc}
+    by_b = {r.seed: r.avg_auroc for r in b.runs if r.avg_auroc == r.avg_auroc}
+    common = sorted(set(by_a) & set(by_b))
+    paired = len(common) >= 2
+    if paired:
+        xa, xb, seeds = [by_a[s] for s in common], [by_b[s] for s in common], tuple(common)
+    elif len(by_a) >= 2 and len(by_b) >= 2:
+        xa, xb, seeds = list(by_a.values()), list(by_b.values()), tuple(sorted({*by_a, *by_b}))
+    else:
+        return None
+    mean_a, mean_b = float(np.mean(xa)), float(np.mean(xb))
+    diff = mean_a - mean_b
+    spread = np.std(np.subtract(xa, xb), ddof=1) if paired else np.var(xa, ddof=1) + np.var(xb, ddof=1)
+    if spread <= 1e-12 * max(1.0, abs(diff)):  # every seed gives the same difference: no spread to test against
+        df = float(len(xa) - 1 if paired else len(xa) + len(xb) - 2)
+        return SeedEffect(paired, seeds, mean_a, mean_b, diff, diff, diff, df, 1.0 if diff == 0 else 0.0)
+    test = ttest_rel(xa, xb) if paired else ttest_ind(xa, xb, equal_var=False)
+    ci = test.confidence_interval(1 - ALPHA)
+    return SeedEffect(
+        paired, seeds, mean_a, mean_b, diff, float(ci.low), float(ci.high), float(test.df), float(test.pvalue)
+    )
 
 
 def effect_pairs(arms: list[ArmResult]) -> list[tuple[str, str, ArmResult, ArmResult]]:
@@ -153,6 +208,7 @@ def measure_effect(
         (avg_a, avg_b, avg_a - avg_b, *interval(avg_boot)),
         wald_p(avg_a - avg_b, avg_boot),
         resampling=resampling.describe(),
+        over_seeds=seed_effect(a, b),
     )
 
 
@@ -170,6 +226,30 @@ def adjust(effects: list[Effect]) -> int:
     for (e, k), value in zip(family, adjusted):
         e.p_holm[k] = value
     return len(family)
+
+
+def adjust_seeds(effects: list[Effect]) -> int:
+    """Holm-adjust the section's seed comparisons together (their own family: another question than the
+    ensembles'); returns how many there are."""
+    tested = [e.over_seeds for e in effects if e.over_seeds is not None]
+    for seed, value in zip(tested, holm([t.p for t in tested])):
+        seed.p_holm = value
+    return len(tested)
+
+
+def seed_line(e: Effect) -> str:
+    """The line under an effect's table: the same difference over the arms' own runs."""
+    t = e.over_seeds
+    if t is None:
+        return (
+            f"- **Across seeds**: not tested; each arm needs two seeds with a test Avg AUROC ({len(e.a.runs)} and "
+            f"{len(e.b.runs)} here)."
+        )
+    return (
+        f"- **Across seeds** (each arm's runs, {t.design}): Avg AUROC {fmt(t.mean_a)} vs {fmt(t.mean_b)}, difference "
+        f"{_signed(t.diff)} (95% CI {_interval(t.low, t.high)}), p {_p(t.p)}, p Holm {_p(t.p_holm)} over the "
+        "section's seed comparisons."
+    )
 
 
 def _signed(x: float) -> str:
@@ -222,6 +302,15 @@ def survivors(effects: list[Effect]) -> list[str]:
     return out
 
 
+def seed_survivors(effects: list[Effect]) -> list[str]:
+    """``"DenseNet-121: clahe − plain (+0.0123, p Holm 0.01)"`` for each seed comparison that holds."""
+    return [
+        f"{e.title} ({_signed(t.diff)}, p Holm {_p(t.p_holm)})"
+        for e in effects
+        if (t := e.over_seeds) is not None and t.p_holm < ALPHA
+    ]
+
+
 def cross_arm_table(arms: list[ArmResult]) -> tuple[str, list[list]]:
     """Markdown and CSV rows: per arm, mean ± std over seeds and the seed ensemble's Avg AUROC (n/a
     without predictions)."""
@@ -260,10 +349,16 @@ def effect_rows(e: Effect) -> list[list]:
         if not np.isnan(e.diff[k])
     ]
     avg_a, avg_b, d, lo, hi = e.avg
-    return rows + [
+    rows.append(
         [e.kind, e.within, e.a.key, e.b.key, "Average", e.images, avg_a, avg_b, d, lo, hi]
         + [e.avg_p, "bootstrap-se", e.p_holm[-1]]
-    ]
+    )
+    if (t := e.over_seeds) is not None:  # Images: the runs each mean is over
+        rows.append(
+            [e.kind, e.within, e.a.key, e.b.key, "Average over seeds", "", t.mean_a, t.mean_b, t.diff, t.low, t.high]
+            + [t.p, "paired-t-seeds" if t.paired else "welch-t-seeds", t.p_holm]
+        )
+    return rows
 
 
 def effect_json(e: Effect) -> dict:
@@ -294,7 +389,18 @@ def effect_json(e: Effect) -> dict:
             "p_bootstrap_se": n(e.avg_p),
             "p_holm": n(e.p_holm[-1]),
         },
-    }
+        "over_seeds": None if (t := e.over_seeds) is None else {
+            "test": "paired t" if t.paired else "welch t",
+            "seeds": list(t.seeds),
+            "avg_auroc_a": n(t.mean_a),
+            "avg_auroc_b": n(t.mean_b),
+            "difference": n(t.diff),
+            "ci": [n(t.low), n(t.high)],
+            "df": n(t.df),
+            "p": n(t.p),
+            "p_holm": n(t.p_holm),
+        },
+    }  # fmt: skip
 
 
 def effects_section(
@@ -313,9 +419,12 @@ def effects_section(
         "of one architecture, or two architectures under one variant. The 95% interval is the percentile interval "
         "of the difference over bootstrap resamples drawn once for both arms (paired). The p of a class is DeLong's "
         "paired test; the average's (over every class with both labels, as the Avg AUROC elsewhere in the report) "
-        "is a Wald test with the bootstrap's standard error. Holm's adjustment runs over every p of this section. "
+        "is a Wald test with the bootstrap's standard error. Holm's adjustment runs over every p of these tables. "
         "Both treat each arm's trained models as fixed: they say whether the two ensembles differ on these test "
-        "patients, not how a new draw of seeds would differ (the seed spread above says that).",
+        "patients. Whether a new draw of seeds would differ too is the line **Across seeds** under each table: a "
+        "t-test on the arms' own runs' Avg AUROC, paired by seed when both arms ran the same seeds, Holm-adjusted "
+        "over the section's seed comparisons. With a handful of seeds it is the weaker test, and the one that "
+        "speaks for the recipe rather than for these trained models.",
     ]
     compared = [a for a in arms if a.ensemble is not None]
     if compared:
@@ -345,17 +454,29 @@ def effects_section(
                 f"{e.images:,} in common: another split protocol or split seed?); compared on the images both scored."
             )
         text.append(effect_table(e))
+        text.append(seed_line(e))
     text += skipped
     found = survivors(effects)
+    seed_family = adjust_seeds(effects)
+    over_seeds = seed_survivors(effects)
     if effects:
         verdict = f"these differences survive it: {'; '.join(found)}." if found else "no difference survives it."
         text.append(
-            f"**Which differences hold.** Holm-Bonferroni over the section's {family} p-values (family-wise error "
+            f"**Which differences hold.** Holm-Bonferroni over the tables' {family} p-values (family-wise error "
             f"{ALPHA:.0%}): {verdict} Intervals: {effects[0].resampling}."
         )
+        if seed_family:
+            held = f"these hold: {'; '.join(over_seeds)}." if over_seeds else "none holds."
+            text.append(f"**Across seeds** (Holm over the section's {seed_family} seed comparisons): {held}")
         text.append("![Variant effects: Avg AUROC differences with their 95% intervals](figures/effects.png)")
     files = {"arms.csv": arm_rows, "effects.csv": [EFFECT_HEADER, *(r for e in effects for r in effect_rows(e))]}
-    structured = {"effects": [effect_json(e) for e in effects], "holm_family": family, "survivors": found}
+    structured = {
+        "effects": [effect_json(e) for e in effects],
+        "holm_family": family,
+        "survivors": found,
+        "seed_holm_family": seed_family,
+        "seed_survivors": over_seeds,
+    }
     pngs = {}
     if effects:
         pngs["effects.png"] = figures.effects_figure(

@@ -9,6 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from scipy.stats import ttest_rel
 from sklearn.metrics import roc_auc_score
 
 from jobs import train
@@ -116,13 +117,31 @@ def test_two_loss_variants_share_one_dataset_and_their_effects_are_the_ensembles
     focal = ensemble_auroc(store, sid, [j for j in doc["jobs"] if j["variant"] == "focal"])
     bce = ensemble_auroc(store, sid, [j for j in doc["jobs"] if j["variant"] == "bce"])
     effects = report_csv(store, sid, "effects.csv")
+    report = store.get_text(layout.report_markdown_key(sid))
     assert {(r["Kind"], r["A"], r["B"]) for r in effects} == {("variant", "test_resnet@focal", "test_resnet@bce")}
     rows = {
         r["Class"]: {
-            k: (float(v) if k not in ("Kind", "Within", "A", "B", "Class", "p method") else v) for k, v in r.items()
+            k: (float(v) if k not in ("Kind", "Within", "A", "B", "Class", "p method") and v else v)
+            for k, v in r.items()
         }
         for r in effects
     }
+    # Across seeds: a paired t-test on the runs' own test Avg AUROC (from result.json), seeds 1 and 2.
+    over_seeds = rows.pop("Average over seeds")
+    avg = {
+        (j["variant"], j["seed"]): json.loads(store.get_text(layout.job_keys(sid, j["job_id"]).result))["test"][
+            "avg_auroc"
+        ]
+        for j in doc["jobs"]
+    }
+    paired = ttest_rel([avg["focal", 1], avg["focal", 2]], [avg["bce", 1], avg["bce", 2]])
+    assert over_seeds["p method"] == "paired-t-seeds" and over_seeds["Images"] == ""
+    assert over_seeds["AUROC A"] == pytest.approx((avg["focal", 1] + avg["focal", 2]) / 2, abs=1e-12)
+    assert over_seeds["Difference"] == pytest.approx(over_seeds["AUROC A"] - over_seeds["AUROC B"], abs=1e-12)
+    assert over_seeds["p"] == pytest.approx(paired.pvalue, abs=1e-12) and over_seeds["p Holm"] == over_seeds["p"]
+    ci = paired.confidence_interval()
+    assert (over_seeds["CI low"], over_seeds["CI high"]) == pytest.approx((ci.low, ci.high), abs=1e-12)
+    assert "- **Across seeds** (each arm's runs, paired by seed over seeds 1, 2; t-test with 1 df)" in report
     compared = [c for c in rows if c != "Average"]
     assert len(compared) >= 10  # the synthetic set has two positives and negatives of most classes
     for c in compared:
@@ -134,7 +153,6 @@ def test_two_loss_variants_share_one_dataset_and_their_effects_are_the_ensembles
     assert average["Difference"] == pytest.approx(np.nanmean(focal) - np.nanmean(bce), abs=1e-12)
     assert average["p method"] == "bootstrap-se"
 
-    report = store.get_text(layout.report_markdown_key(sid))
     assert "# Cross-Architecture Comparison" not in report and "# Across Arms (mean ± std over seeds)" in report
     assert "No run has finished yet" not in report and report.count("# Across Arms") == 1
     for variant, loss in (("focal", "Focal Loss"), ("bce", "BCE Loss")):
@@ -172,7 +190,7 @@ def test_two_clahe_variants_prepare_two_datasets_and_the_report_compares_the_arm
     assert "No run has finished yet" not in report
     effects = report_csv(store, sid, "effects.csv")
     assert {(r["A"], r["B"]) for r in effects} == {("test_resnet@clahe", "test_resnet@plain")}
-    assert effects[-1]["Class"] == "Average"
+    assert [r["Class"] for r in effects[-2:]] == ["Average", "Average over seeds"]
     runs = report_csv(store, sid, "runs.csv")
     assert list(runs[0])[:3] == ["architecture", "variant", "seed"]
     assert [r["variant"] for r in runs] == ["clahe", "clahe", "plain", "plain"]

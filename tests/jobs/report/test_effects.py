@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from scipy.stats import ttest_ind, ttest_rel
 from sklearn.metrics import roc_auc_score
 
 from jobs.data.labels import CLASSES
@@ -116,3 +117,52 @@ def test_arms_tested_on_other_images_are_compared_on_the_images_both_scored():
     text, files, structured, pngs = effects.effects_section([a, disjoint], by_image)
     assert "- densenet121@official and densenet121@elsewhere share no scored test image: not compared." in text
     assert structured["effects"] == [] and pngs == {} and len(files["effects.csv"]) == 1
+
+
+def seeds_arm(variant: str, avg: dict[int, float]) -> effects.ArmResult:
+    runs = [SeedRun(seed, 0.1, value, 0.3, np.full(14, value)) for seed, value in avg.items()]
+    return effects.ArmResult(f"densenet121@{variant}", "densenet121", variant, runs, None)
+
+
+def test_across_seeds_is_a_t_test_paired_by_seed_else_welchs():
+    a = seeds_arm("clahe", {12: 0.80, 22: 0.82, 32: 0.81, 42: float("nan")})  # a NaN Avg AUROC is left out
+    b = seeds_arm("plain", {12: 0.79, 22: 0.80, 32: 0.805, 52: 0.9})
+    paired = effects.seed_effect(a, b)
+    expected = ttest_rel([0.80, 0.82, 0.81], [0.79, 0.80, 0.805])
+    assert paired.paired and paired.seeds == (12, 22, 32) and paired.df == 2
+    assert paired.p == pytest.approx(expected.pvalue, abs=1e-12) and paired.diff == pytest.approx(0.035 / 3)
+    assert (paired.low, paired.high) == pytest.approx(tuple(expected.confidence_interval()), abs=1e-12)
+    assert paired.design == "paired by seed over seeds 12, 22, 32; t-test with 2 df"
+    # No seed in common: Welch's test on the two sets of runs.
+    other = seeds_arm("bce", {1: 0.70, 2: 0.74})
+    welch = effects.seed_effect(a, other)
+    expected = ttest_ind([0.80, 0.82, 0.81], [0.70, 0.74], equal_var=False)
+    assert not welch.paired and welch.p == pytest.approx(expected.pvalue, abs=1e-12)
+    assert welch.df == pytest.approx(expected.df) and welch.design.startswith("unpaired; Welch's t-test with")
+    # One seed in common is not a pairing: Welch's again; one seed on a side: nothing to test.
+    assert not effects.seed_effect(a, seeds_arm("x", {12: 0.7, 5: 0.72})).paired
+    assert effects.seed_effect(a, seeds_arm("y", {12: 0.7})) is None
+    # The same difference at every seed: no spread, p 0 (1 when the difference is 0 too).
+    flat = effects.seed_effect(seeds_arm("p", {1: 0.8, 2: 0.9}), seeds_arm("q", {1: 0.7, 2: 0.8}))
+    assert flat.p == 0.0 and flat.low == flat.high == pytest.approx(0.1)
+
+
+def test_the_seed_comparisons_are_their_own_holm_family_and_each_table_has_its_line():
+    a = arm("densenet121", "clahe", -0.1)
+    b = arm("densenet121", "plain", -0.5, seed_base=10)
+    c = arm("densenet121", "bce", -0.3)
+    for x, values in ((a, (0.80, 0.82)), (b, (0.70, 0.71)), (c, (0.78, 0.83))):
+        x.runs[:] = [SeedRun(seed, 0.1, v, 0.3, np.full(14, v)) for seed, v in zip((1, 2), values)]
+    text, files, structured, _ = effects.effects_section([a, b, c], by_image)
+    tested = [ttest_rel(x, y).pvalue for x, y in (((0.8, 0.82), (0.7, 0.71)), ((0.8, 0.82), (0.78, 0.83)))]
+    tested.append(ttest_rel((0.7, 0.71), (0.78, 0.83)).pvalue)
+    from jobs.scoring.delong import holm
+
+    adjusted = holm(tested)
+    got = [e["over_seeds"]["p_holm"] for e in structured["effects"]]
+    assert got == pytest.approx(adjusted, abs=1e-6) and structured["seed_holm_family"] == 3  # report.json: 6 places
+    assert text.count("- **Across seeds** (each arm's runs, paired by seed over seeds 1, 2; t-test with 1 df)") == 3
+    seeds_rows = [r for r in files["effects.csv"] if r[4] == "Average over seeds"]
+    assert [r[12] for r in seeds_rows] == ["paired-t-seeds"] * 3
+    assert [r[13] for r in seeds_rows] == pytest.approx(adjusted, abs=1e-12)
+    assert "**Across seeds** (Holm over the section's 3 seed comparisons):" in text
