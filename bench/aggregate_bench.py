@@ -154,7 +154,9 @@ def side_by_side(root: Path, resamples: int) -> dict[str, float]:
         np.subtract(*interval(row_nanmean(b))[::-1])
         for b in (fast, bootstrap_auroc(preds.labels, preds.probs, by_image))
     ]
+    delong = delong_side_by_side(store, preds)
     return {
+        **delong,
         "patients": len(np.unique(preds.patients)),
         "draw_patient": t1 - t0,
         "draw_image": t2 - t1,
@@ -162,6 +164,30 @@ def side_by_side(root: Path, resamples: int) -> dict[str, float]:
         "slow": t5 - t4,
         "width_patient": widths[0],
         "width_image": widths[1],
+    }
+
+
+def delong_side_by_side(store: LocalStore, preds) -> dict[str, float]:
+    """Two runs' paired DeLong test of every class, clustered by patient and with images independent:
+    seconds of each, and the median ratio of the difference's standard errors (clustered / independent)."""
+    from jobs.scoring.delong import delong_covariance
+    from jobs.scoring.predictions import read_predictions
+
+    keys = sorted(k.key for k in store.list("studies/bench-1/jobs") if k.key.endswith("predictions_test.csv"))
+    other = read_predictions(store, keys[1])
+    assert other.names == preds.names
+    se = {}
+    for unit, clusters in (("image", None), ("patient", preds.patients)):
+        started = time.perf_counter()
+        variances = []
+        for k in range(len(CLASSES)):
+            _, cov = delong_covariance(preds.labels[:, k], np.vstack([preds.probs[:, k], other.probs[:, k]]), clusters)
+            variances.append(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+        se[unit] = (time.perf_counter() - started, np.sqrt(variances))
+    return {
+        "delong_image": se["image"][0],
+        "delong_patient": se["patient"][0],
+        "delong_se_ratio": float(np.median(se["patient"][1] / se["image"][1])),
     }
 
 
@@ -193,6 +219,9 @@ def main() -> int:
         f"Avg AUROC 95% interval of one run (a patient's films share 70% of findings, half the image effect): "
         f"{t['width_patient']:.4f} wide by "
         f"patient, {t['width_image']:.4f} by image ({t['width_patient'] / t['width_image']:.2f}x)",
+        f"paired DeLong tests of two runs, 14 classes: clustered by patient {t['delong_patient']:.3f} s, images "
+        f"independent {t['delong_image']:.3f} s; the difference's standard error clustered is "
+        f"{t['delong_se_ratio']:.2f}x the independent one (median over classes)",
     ]
     print("\n".join(lines))
     if not args.no_record:
