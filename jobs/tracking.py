@@ -213,17 +213,19 @@ class RunTracker(_Tracked):
         has that this attempt trains again (a resume from an older checkpoint than the last logged epoch),
         since MLflow cannot take a metric point back."""
         records = [json.loads(line) for line in metrics_lines(self.store, self.job)]
-        logged = {m.step for m in self.client.get_metric_history(self.run_id, "train_loss")}
+        points = [m.step for m in self.client.get_metric_history(self.run_id, "train_loss")]
         for record in records:
-            if record["epoch"] not in logged:
+            if record["epoch"] not in points:
                 self._epoch(record)
-        again = sorted(step for step in logged if step > len(records))
+        kept = max((r["epoch"] for r in records), default=0)
+        # Epochs logged twice by earlier resumes, and those this attempt trains again.
+        again = sorted({step for step in points if points.count(step) > 1 or step > kept})
         if again:
             self.client.set_tag(
                 self.run_id,
                 "cxrstudy.epochs_trained_again",
-                f"{again[0]}-{again[-1]}: resumed from an older checkpoint, these epochs' history holds every try "
-                "(metrics.jsonl in the store holds the last)",
+                f"{', '.join(map(str, again))}: resumed from an older checkpoint, these epochs' history holds every "
+                "try (metrics.jsonl in the store holds the last)",
             )
 
     def epoch(self, record: dict) -> None:

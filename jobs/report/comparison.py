@@ -98,8 +98,8 @@ DELONG_HEADER = ["A", "B", "Class", "Images", "AUROC A", "AUROC B", "p", "p Holm
 def delong_pairs_section(
     title: str, intro: str, pairs: list[tuple[Scorer, Scorer]], resample: Resample | None = None
 ) -> tuple[str, list[list]]:
-    design = delong_design(resample(pairs[0][0].test.names) if resample is not None and pairs else None)
-    text, rows = [title, f"{intro} {design}"], [DELONG_HEADER]
+    design = f" {delong_design(resample(pairs[0][0].test.names) if resample is not None else None)}" if pairs else ""
+    text, rows = [title, intro + design], [DELONG_HEADER]
     for a, b in pairs:
         parts, pair_rows = delong_table(a, b, resample)
         text += parts

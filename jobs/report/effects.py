@@ -133,9 +133,9 @@ def seed_effect(a: ArmResult, b: ArmResult) -> SeedEffect | None:
     mean_a, mean_b = float(np.mean(xa)), float(np.mean(xb))
     diff = mean_a - mean_b
     spread = np.std(np.subtract(xa, xb), ddof=1) if paired else np.var(xa, ddof=1) + np.var(xb, ddof=1)
-    if spread <= 1e-12 * max(1.0, abs(diff)):  # every seed gives the same difference: no spread to test against
+    if spread <= 1e-12 * max(1.0, abs(diff)):  # every seed gives the same difference: nothing to test it against
         df = float(len(xa) - 1 if paired else len(xa) + len(xb) - 2)
-        return SeedEffect(paired, seeds, mean_a, mean_b, diff, diff, diff, df, 1.0 if diff == 0 else 0.0)
+        return SeedEffect(paired, seeds, mean_a, mean_b, diff, math.nan, math.nan, df, math.nan)
     test = ttest_rel(xa, xb) if paired else ttest_ind(xa, xb, equal_var=False)
     ci = test.confidence_interval(1 - ALPHA)
     return SeedEffect(
@@ -231,7 +231,7 @@ def adjust(effects: list[Effect]) -> int:
 def adjust_seeds(effects: list[Effect]) -> int:
     """Holm-adjust the section's seed comparisons together (their own family: another question than the
     ensembles'); returns how many there are."""
-    tested = [e.over_seeds for e in effects if e.over_seeds is not None]
+    tested = [e.over_seeds for e in effects if e.over_seeds is not None and e.over_seeds.p == e.over_seeds.p]
     for seed, value in zip(tested, holm([t.p for t in tested])):
         seed.p_holm = value
     return len(tested)
@@ -241,9 +241,12 @@ def seed_line(e: Effect) -> str:
     """The line under an effect's table: the same difference over the arms' own runs."""
     t = e.over_seeds
     if t is None:
+        a, b = (sum(r.avg_auroc == r.avg_auroc for r in x.runs) for x in (e.a, e.b))
+        return f"- **Across seeds**: not tested; each arm needs two seeds with a test Avg AUROC ({a} and {b} here)."
+    if t.p != t.p:
         return (
-            f"- **Across seeds**: not tested; each arm needs two seeds with a test Avg AUROC ({len(e.a.runs)} and "
-            f"{len(e.b.runs)} here)."
+            f"- **Across seeds** (each arm's runs, {t.design}): Avg AUROC {fmt(t.mean_a)} vs {fmt(t.mean_b)}, the "
+            f"same difference {_signed(t.diff)} at every seed: no spread to test it against; not tested."
         )
     return (
         f"- **Across seeds** (each arm's runs, {t.design}): Avg AUROC {fmt(t.mean_a)} vs {fmt(t.mean_b)}, difference "
@@ -444,7 +447,7 @@ def effects_section(
             skipped.append(f"- {a.key} and {b.key} share no scored test image: not compared.")
         else:
             effects.append(effect)
-    family = adjust(effects)
+    family, seed_family = adjust(effects), adjust_seeds(effects)
     for e in effects:
         text.append(f"## {e.title} ({e.images:,} test images; ensembles of {e.seeds})")
         na, nb = len(e.a.ensemble.test.names), len(e.b.ensemble.test.names)
@@ -456,9 +459,7 @@ def effects_section(
         text.append(effect_table(e))
         text.append(seed_line(e))
     text += skipped
-    found = survivors(effects)
-    seed_family = adjust_seeds(effects)
-    over_seeds = seed_survivors(effects)
+    found, over_seeds = survivors(effects), seed_survivors(effects)
     if effects:
         verdict = f"these differences survive it: {'; '.join(found)}." if found else "no difference survives it."
         text.append(

@@ -51,28 +51,29 @@ def delong_covariance(
 def _clustered_covariance(
     aucs: np.ndarray, v10: np.ndarray, v01: np.ndarray, y: np.ndarray, clusters: Sequence[int] | np.ndarray
 ) -> np.ndarray:
-    """Obuchowski (1997): with I clusters, cluster i holding m_i positives and n_i negatives,
-    V10_i (V01_i) the sum of its positives' (negatives') components, D10_i = V10_i - m_i * auc,
-    D01_i = V01_i - n_i * auc: S10 = I/((I-1) M) D10 D10', S01 = I/((I-1) N) D01 D01',
-    S11 = I/(I-1) D10 D01', and cov = S10/M + S01/N + (S11 + S11')/(M N)."""
+    """Obuchowski (1997): with I clusters, I10 of them holding a positive and I01 a negative, cluster i
+    holding m_i positives and n_i negatives, V10_i (V01_i) the sum of its positives' (negatives')
+    components, D10_i = V10_i - m_i * auc, D01_i = V01_i - n_i * auc:
+    S10 = I10/((I10-1) M) D10 D10', S01 = I01/((I01-1) N) D01 D01', S11 = I/(I-1) D10 D01', and
+    cov = S10/M + S01/N + (S11 + S11')/(M N). With one image per patient it is DeLong's covariance."""
     clusters = np.asarray(clusters)
     if clusters.shape != y.shape:
         raise ValueError(f"{clusters.size} cluster ids for {y.size} images")
     _, index = np.unique(clusters, return_inverse=True)
     index = index.ravel()
     count = int(index.max()) + 1
-    if count < 2:
-        raise ValueError("a clustered DeLong test needs at least two clusters")
     m, n = v10.shape[1], v01.shape[1]
     pos_index, neg_index = index[y], index[~y]
     m_i = np.bincount(pos_index, minlength=count)
     n_i = np.bincount(neg_index, minlength=count)
+    i10, i01 = int((m_i > 0).sum()), int((n_i > 0).sum())
+    if i10 < 2 or i01 < 2:
+        raise ValueError("a clustered DeLong test needs positives of two patients and negatives of two patients")
     d10 = np.array([np.bincount(pos_index, weights=row, minlength=count) for row in v10]) - np.outer(aucs, m_i)
     d01 = np.array([np.bincount(neg_index, weights=row, minlength=count) for row in v01]) - np.outer(aucs, n_i)
-    scale = count / (count - 1)
-    s10 = scale / m * (d10 @ d10.T)
-    s01 = scale / n * (d01 @ d01.T)
-    s11 = scale * (d10 @ d01.T)
+    s10 = i10 / (i10 - 1) / m * (d10 @ d10.T)
+    s01 = i01 / (i01 - 1) / n * (d01 @ d01.T)
+    s11 = count / (count - 1) * (d10 @ d01.T)
     return s10 / m + s01 / n + (s11 + s11.T) / (m * n)
 
 
@@ -96,6 +97,7 @@ def delong_covariance_slow(
     clusters = np.asarray(clusters)
     ids = sorted(set(clusters.tolist()))
     k, count = len(scores), len(ids)
+    i10, i01 = len(set(clusters[y].tolist())), len(set(clusters[~y].tolist()))
     cov = np.zeros((k, k))
     for r in range(k):
         for s in range(k):
@@ -110,17 +112,25 @@ def delong_covariance_slow(
                 s01 += d01_r * d01_s
                 s11 += d10_r * d01_s
                 s11_t += d10_s * d01_r
-            scale = count / (count - 1)
-            cov[r, s] = scale * (s10 / m / m + s01 / n / n + (s11 + s11_t) / (m * n))
+            cov[r, s] = (
+                i10 / (i10 - 1) * s10 / m / m
+                + i01 / (i01 - 1) * s01 / n / n
+                + count / (count - 1) * (s11 + s11_t) / (m * n)
+            )
     return np.array(aucs), cov
 
 
 def comparable(y: np.ndarray, clusters: Sequence[int] | np.ndarray | None = None) -> bool:
     """Whether DeLong's test can compare scorers on labels ``y``: two positives and two negatives, and
-    (clustered) two patients."""
-    y = np.asarray(y)
-    enough = y.sum() >= 2 and (1 - y).sum() >= 2
-    return bool(enough and (clusters is None or len(np.unique(np.asarray(clusters))) >= 2))
+    (clustered) positives of two patients and negatives of two patients (the positives of one patient
+    alone say nothing of how the next patient's would score)."""
+    y = np.asarray(y).astype(bool)
+    if y.sum() < 2 or (~y).sum() < 2:
+        return False
+    if clusters is None:
+        return True
+    clusters = np.asarray(clusters)
+    return len(np.unique(clusters[y])) >= 2 and len(np.unique(clusters[~y])) >= 2
 
 
 def delong_test(

@@ -73,15 +73,17 @@ def _shorthand(cls, data, base=None):
     """The study file's short forms: ``loss: bce``, ``loss: {name: focal, gamma: 1}``, ``augment: none``.
 
     On top of a ``base`` loss (a variant's or an architecture's override of the recipe), a mapping
-    without ``name``, or with the base's name, changes only the arguments it gives (``{gamma: 1}`` keeps
-    the recipe's loss and its other arguments); another name starts from that loss's defaults."""
+    without ``name``, or with the base's name, changes only the arguments it gives (``{gamma: 1}`` and
+    ``{args: {gamma: 1}}`` keep the recipe's loss and its other arguments); another name, or a name
+    alone (``loss: focal``), starts from that loss's defaults."""
     if cls is LossConfig and isinstance(data, str):
         return {"name": data, "args": dict(LOSS_ARGS["focal"]) if data == "focal" else {}}
-    if cls is LossConfig and isinstance(data, dict) and "args" not in data:
+    if cls is LossConfig and isinstance(data, dict):
         name = data.get("name", base.name if base is not None else "focal")
-        given = {k: v for k, v in data.items() if k != "name"}
-        args = {**base.args, **given} if base is not None and name == base.name else given
-        return {"name": name, "args": args}
+        given = data["args"] if "args" in data else {k: v for k, v in data.items() if k != "name"}
+        if base is not None and name == base.name and isinstance(given, dict):
+            given = {**base.args, **given}
+        return {**data, "name": name, "args": given} if "args" in data else {"name": name, "args": given}
     if cls is AugmentConfig and data in (False, "none"):
         return {"enabled": False}
     return data

@@ -322,10 +322,17 @@ def test_each_attempt_catches_up_on_the_epochs_mlflow_missed_so_each_epoch_is_on
     assert "cxrstudy.epochs_trained_again" not in client.get_run(run_id).data.tags
     # last.pt damaged: the run resumes from last.prev.pt at epoch 3 and trains epochs 3 and 4 again.
     checkpoints.truncate_metrics(store, job, 2)
-    tracking.RunTracker(store, job, pytest.fail).start()
+    again = tracking.RunTracker(store, job, pytest.fail)
+    again.start()
     assert history() == [(e, 1.0 / e) for e in (1, 2, 3, 4)]  # nothing logged twice at the start
     tag = client.get_run(run_id).data.tags["cxrstudy.epochs_trained_again"]
-    assert tag.startswith("3-4: resumed from an older checkpoint")
+    assert tag.startswith("3, 4: resumed from an older checkpoint")
+    for epoch in (3, 4):  # trained again: MLflow keeps both tries; the tag outlives later resumes
+        again.epoch(record(epoch))
+        checkpoints.append_metrics(store, job, record(epoch))
+    tracking.RunTracker(store, job, pytest.fail).start()
+    assert [step for step, _ in history()] == [1, 2, 3, 3, 4, 4]
+    assert client.get_run(run_id).data.tags["cxrstudy.epochs_trained_again"].startswith("3, 4: resumed")
 
 
 def test_a_tracking_file_that_cannot_be_read_is_one_warning_and_no_tracking(tmp_path, monkeypatch):

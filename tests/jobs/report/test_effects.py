@@ -142,9 +142,19 @@ def test_across_seeds_is_a_t_test_paired_by_seed_else_welchs():
     # One seed in common is not a pairing: Welch's again; one seed on a side: nothing to test.
     assert not effects.seed_effect(a, seeds_arm("x", {12: 0.7, 5: 0.72})).paired
     assert effects.seed_effect(a, seeds_arm("y", {12: 0.7})) is None
-    # The same difference at every seed: no spread, p 0 (1 when the difference is 0 too).
-    flat = effects.seed_effect(seeds_arm("p", {1: 0.8, 2: 0.9}), seeds_arm("q", {1: 0.7, 2: 0.8}))
-    assert flat.p == 0.0 and flat.low == flat.high == pytest.approx(0.1)
+    # The same difference at every seed: no spread to test it against, so no p (and no place in Holm's family).
+    p, q = seeds_arm("p", {1: 0.8, 2: 0.9}), seeds_arm("q", {1: 0.7, 2: 0.8})
+    flat = effects.seed_effect(p, q)
+    assert flat.diff == pytest.approx(0.1) and np.isnan([flat.p, flat.low, flat.high]).all()
+    effect = effects.Effect("variant", "densenet121", p, q, 0, *[np.zeros(14)] * 6, (0,) * 5, 0.0, over_seeds=flat)
+    assert effects.adjust_seeds([effect]) == 0
+    assert "the same difference +0.1000 at every seed: no spread to test it against; not tested." in (
+        effects.seed_line(effect)
+    )
+    effect.over_seeds = None
+    assert effects.seed_line(effect) == (
+        "- **Across seeds**: not tested; each arm needs two seeds with a test Avg AUROC (2 and 2 here)."
+    )
 
 
 def test_the_seed_comparisons_are_their_own_holm_family_and_each_table_has_its_line():
@@ -162,6 +172,8 @@ def test_the_seed_comparisons_are_their_own_holm_family_and_each_table_has_its_l
     got = [e["over_seeds"]["p_holm"] for e in structured["effects"]]
     assert got == pytest.approx(adjusted, abs=1e-6) and structured["seed_holm_family"] == 3  # report.json: 6 places
     assert text.count("- **Across seeds** (each arm's runs, paired by seed over seeds 1, 2; t-test with 1 df)") == 3
+    for value in adjusted:  # each line gives its own Holm-adjusted p
+        assert f"p Holm {value:.4g} over the section's seed comparisons." in text
     seeds_rows = [r for r in files["effects.csv"] if r[4] == "Average over seeds"]
     assert [r[12] for r in seeds_rows] == ["paired-t-seeds"] * 3
     assert [r[13] for r in seeds_rows] == pytest.approx(adjusted, abs=1e-12)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jobs.scoring.delong import delong_covariance, delong_covariance_slow, delong_test, holm, midranks
+from jobs.scoring.delong import (
+    comparable,
+    delong_covariance,
+    delong_covariance_slow,
+    delong_test,
+    holm,
+    midranks,
+)
 from tests.jobs.scoring.test_bootstrap import scored
 
 
@@ -72,21 +79,24 @@ def test_clustered_delong_matches_the_slow_reference_with_ties_and_uneven_cluste
     assert np.allclose(fast_cov, fast_cov.T, atol=1e-15)
 
 
-def test_one_image_per_patient_gives_delongs_covariance_up_to_its_small_sample_factors():
+def test_one_image_per_patient_gives_delongs_covariance_exactly():
     y, a = scored(300, 12, signal=1.0)
-    b = a + np.random.default_rng(13).normal(size=300)
+    b = np.round(a + np.random.default_rng(13).normal(size=300), 1)  # ties
     scores = np.vstack([a, b])
-    m, n, count = int(y.sum()), int((1 - y).sum()), 300
-    _, clustered = delong_covariance(y, scores, np.arange(300))
-    # Obuchowski's S11 vanishes when no patient has both a positive and a negative image, and each of the
-    # other two terms is DeLong's with I/(I-1) in place of m/(m-1) (n/(n-1)).
-    pos, neg = scores[:, y.astype(bool)], scores[:, ~y.astype(bool)]
-    v10 = np.array([[(p > neg[r]).mean() + 0.5 * (p == neg[r]).mean() for p in pos[r]] for r in range(2)])
-    v01 = np.array([[(pos[r] > q).mean() + 0.5 * (pos[r] == q).mean() for q in neg[r]] for r in range(2)])
-    expected = count / (count - 1) * ((m - 1) / m * np.cov(v10) / m + (n - 1) / n * np.cov(v01) / n)
-    assert np.allclose(clustered, expected, atol=1e-14)
+    # I10 = m and I01 = n, and no patient has both a positive and a negative film (S11 = 0): DeLong's terms.
+    _, clustered = delong_covariance(y, scores, np.random.default_rng(2).permutation(300) + 50)
     _, image = delong_covariance(y, scores)
-    assert np.allclose(clustered, image, rtol=0.01)
+    assert np.allclose(clustered, image, rtol=1e-12, atol=0)
+
+
+def test_positives_of_one_patient_are_not_comparable_by_patient():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 1, 0])
+    one_patient = np.array([7, 7, 7, 7, 1, 2, 3, 4, 7, 5])  # every positive film is patient 7's
+    assert comparable(y) and not comparable(y, one_patient)
+    assert comparable(y, np.array([7, 7, 7, 7, 1, 2, 3, 4, 8, 5]))
+    assert not comparable(np.array([1, 0, 0, 0])) and not comparable(np.array([1, 1, 0, 1]))
+    with pytest.raises(ValueError, match="positives of two patients and negatives of two patients"):
+        delong_test(y, np.arange(10.0), np.arange(10.0)[::-1], one_patient)
 
 
 def test_duplicated_patients_leave_the_clustered_variance_unchanged_and_halve_the_image_one():
@@ -118,5 +128,5 @@ def test_clusters_must_match_the_images_and_be_two_or_more():
     y, a = scored(50, 2, signal=1.0)
     with pytest.raises(ValueError, match="49 cluster ids for 50 images"):
         delong_test(y, a, a, np.arange(49))
-    with pytest.raises(ValueError, match="at least two clusters"):
+    with pytest.raises(ValueError, match="positives of two patients"):
         delong_test(y, a, a + 1, np.zeros(50))

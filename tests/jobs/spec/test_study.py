@@ -345,12 +345,16 @@ def test_a_partial_loss_override_changes_only_the_arguments_it_gives(tmp_path):
           gentle: {training: {loss: {gamma: 1}}}
           weighted-bce: {training: {loss: {name: bce, pos_weight: 2}}}
           focal-again: {training: {loss: {name: focal, gamma: 0.5}}}
+          long-form: {training: {loss: {args: {gamma: 0.25}}}}
+          defaults: {training: {loss: focal}}
         """
     arms = {a.name: a.training.loss for a in load_study_file(write(tmp_path, text)).arms()}
     # The recipe's alpha 0.5 stays: only gamma changes (it used to reset the loss to focal's defaults).
     assert arms["densenet121@gentle"].name == "focal" and arms["densenet121@gentle"].args == {"alpha": 0.5, "gamma": 1}
     assert arms["densenet121@focal-again"].args == {"alpha": 0.5, "gamma": 0.5}  # the same name: a change, too
     assert arms["densenet121@weighted-bce"].name == "bce" and arms["densenet121@weighted-bce"].args == {"pos_weight": 2}
+    assert arms["densenet121@long-form"].args == {"alpha": 0.5, "gamma": 0.25}  # `args:` spelled out: the same
+    assert arms["densenet121@defaults"].args == {"alpha": 0.25, "gamma": 2.0}  # a name alone: that loss's defaults
     # An architecture's override and a variant's stack: gamma 3 from the architecture, then 1 from the variant.
     assert arms["efficientnet_b2@base"].args == {"alpha": 0.5, "gamma": 3}
     assert arms["efficientnet_b2@gentle"].args == {"alpha": 0.5, "gamma": 1}
