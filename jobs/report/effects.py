@@ -356,7 +356,7 @@ def effect_rows(e: Effect) -> list[list]:
         [e.kind, e.within, e.a.key, e.b.key, "Average", e.images, avg_a, avg_b, d, lo, hi]
         + [e.avg_p, "bootstrap-se", e.p_holm[-1]]
     )
-    if (t := e.over_seeds) is not None:  # Images: the runs each mean is over
+    if (t := e.over_seeds) is not None:  # a mean over runs, not images: Images left empty
         rows.append(
             [e.kind, e.within, e.a.key, e.b.key, "Average over seeds", "", t.mean_a, t.mean_b, t.diff, t.low, t.high]
             + [t.p, "paired-t-seeds" if t.paired else "welch-t-seeds", t.p_holm]
